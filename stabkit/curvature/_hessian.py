@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -78,7 +79,11 @@ class HessianOperator:
                 return self.space.loss(theta, x, y, self.loss_fn)
 
             # forward-over-reverse: the directional derivative of the gradient along v is H v
-            _, hv = torch.func.jvp(torch.func.grad(loss), (self.theta,), (v,))
+            with warnings.catch_warnings():
+                # torch's first forward-AD call scripts its jvp decompositions with the deprecated
+                # torch.jit.script; the warning is torch's, not ours, and would fail filterwarnings=error
+                warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+                _, hv = torch.func.jvp(torch.func.grad(loss), (self.theta,), (v,))
             out += w * hv.detach()
         self.n_hvp += 1
         return out
