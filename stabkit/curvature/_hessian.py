@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -19,7 +18,7 @@ from stabkit.curvature._functional import LossFn, ParameterSpace, check_function
 class HessianOperator:
     """The Hessian of a model's mean loss w.r.t. (a subset of) its parameters, as a matrix-free operator.
 
-    ``H @ v`` is a Hessian-vector product by forward-over-reverse differentiation (``torch.func.jvp`` of
+    ``H @ v`` is a Hessian-vector product by reverse-over-reverse differentiation (``torch.func.vjp`` of
     ``torch.func.grad``), costing about two gradient evaluations and never forming ``H``. Over a loader the
     product is the batch-size-weighted sum of the per-batch products, i.e. the Hessian of the mean loss over
     all the data (for a mean-reduced ``loss_fn``).
@@ -78,12 +77,11 @@ class HessianOperator:
             def loss(theta: torch.Tensor, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
                 return self.space.loss(theta, x, y, self.loss_fn)
 
-            # forward-over-reverse: the directional derivative of the gradient along v is H v
-            with warnings.catch_warnings():
-                # torch's first forward-AD call scripts its jvp decompositions with the deprecated
-                # torch.jit.script; the warning is torch's, not ours, and would fail filterwarnings=error
-                warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
-                _, hv = torch.func.jvp(torch.func.grad(loss), (self.theta,), (v,))
+            # reverse-over-reverse: the vector-Jacobian product of the gradient map with v is Hᵀv = Hv.
+            # Forward-over-reverse (jvp of grad) measured no faster on CPU, and fails on some losses
+            # (mse_loss: "ZeroTensors are immutable") and warns about torch.jit on first use.
+            _, vjp_fn = torch.func.vjp(torch.func.grad(loss), self.theta)
+            (hv,) = vjp_fn(v)
             out += w * hv.detach()
         self.n_hvp += 1
         return out
