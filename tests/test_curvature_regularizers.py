@@ -319,9 +319,7 @@ def test_sam_shares_learning_rate_and_state_dict():
     opt2 = SAM(torch.optim.SGD([w2], lr=0.1, momentum=0.9), rho=0.05)
     opt2.load_state_dict(state)
     assert opt2.param_groups[0]["lr"] == 0.01 and opt2.param_groups[0]["rho"] == 0.05
-    torch.testing.assert_close(
-        opt2.base_optimizer.state[w2]["momentum_buffer"], base.state[w]["momentum_buffer"]
-    )
+    torch.testing.assert_close(opt2.base_optimizer.state[w2]["momentum_buffer"], base.state[w]["momentum_buffer"])
 
 
 def test_sam_bad_inputs():
@@ -371,3 +369,39 @@ def test_slices_of_a_quadratic_follow_gradient_and_hessian():
     torch.testing.assert_close(s2.losses[:, 0], s1.losses, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="direction"):
         loss_slice_1d(model, data, d1[:2], alphas, loss_fn=mse)
+
+
+# ------------------------------------------------------------------------------------- with the shared loop
+
+
+def test_sam_and_activation_decay_plug_into_fit():
+    from stabkit.train import fit, supervised
+
+    g = gen(0)
+    x = torch.randn(96, 4, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    model = bn_model()
+    opt = SAM(torch.optim.SGD(model.parameters(), lr=0.1), model=model, rho=0.05)
+    hist = fit(
+        model, (x, y), objective=supervised(F.cross_entropy), optimizer=opt, epochs=2, batch_size=32, generator=gen(1)
+    )
+    assert int(model[1].num_batches_tracked) == 2 * 3  # once per step, not twice
+    assert hist[-1]["loss"] < hist[0]["loss"]  # SAM through fit still trains
+
+    def mean_sq(m):
+        return float(penultimate(m, x, layer="3").features.pow(2).sum(1).mean().detach())
+
+    norms = {}
+    for lam in (0.0, 0.1):
+        m = bn_model()
+        fit(
+            m,
+            (x, y),
+            objective=ActivationDecay(lam=lam, layer="3"),
+            optimizer=torch.optim.SGD(m.parameters(), lr=0.1),
+            epochs=5,
+            batch_size=32,
+            generator=gen(1),
+        )
+        norms[lam] = mean_sq(m)
+    assert norms[0.1] < norms[0.0]  # the penalty does shrink the penultimate activations
