@@ -218,3 +218,14 @@ def test_bad_inputs_raise():
         HessianOperator(model, (x, y[:3]))
     with pytest.raises(ValueError, match="empty"):
         HessianOperator(model, [])
+
+
+def test_cached_and_uncached_products_agree():
+    model, (x, y) = mlp(4), batch(4)
+    loader = [(x[:10], y[:10]), (x[10:], y[10:])]
+    v = torch.randn(75, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a, b = HessianOperator(model, loader, cache=True), HessianOperator(model, loader, cache=False)
+    torch.testing.assert_close(a @ v, b @ v, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(a.gradient(), b.gradient(), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="n_basis"):
+        top_eigenvalues(a, k=2, n_basis=2)
