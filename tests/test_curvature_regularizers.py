@@ -159,6 +159,7 @@ def test_last_layer_smoothing_matches_quadrature_for_two_classes():
     y = torch.tensor([0, 1, 1, 0])
     sigma = 0.7
     res = last_layer_smoothing(W, h, y, sigma=sigma, n_samples=4000, generator=g)
+    anti = last_layer_smoothing(W, h, y, sigma=sigma, n_samples=4000, antithetic=True, generator=g)
     nodes, weights = np.polynomial.hermite_e.hermegauss(80)
     for i in range(4):
         z = (h[i] @ W.T).numpy()
@@ -166,6 +167,8 @@ def test_last_layer_smoothing_matches_quadrature_for_two_classes():
         s = math.sqrt(2) * sigma * float(h[i].norm())
         exact = float(np.sum(weights * np.logaddexp(0, margin + s * nodes)) / math.sqrt(2 * math.pi))
         assert abs(float(res.smoothed[i]) - exact) <= 4 * float(res.stderr[i])
+        assert abs(float(anti.smoothed[i]) - exact) <= 4 * float(anti.stderr[i])
+        assert anti.stderr[i] < res.stderr[i]
         assert exact <= float(res.bound[i])
 
 

@@ -176,6 +176,7 @@ def last_layer_smoothing(
     sigma: float,
     n_samples: int = 1000,
     bias: torch.Tensor | None = None,
+    antithetic: bool = False,
     generator: torch.Generator | None = None,
 ) -> LastLayerSmoothing:
     """Smoothed last-layer cross-entropy and its quadratic upper bound, per example.
@@ -191,6 +192,8 @@ def last_layer_smoothing(
         sigma: noise standard deviation on the weights.
         n_samples: number of noise matrices, at least 2.
         bias: optional bias ``(C,)`` (not perturbed).
+        antithetic: average each sample with its mirror ``ℓ((W−E)h)`` (unbiased; much lower variance at small
+            ``σ``, see :func:`smoothed_loss`).
         generator: source of the noise, on the device of ``weight``.
 
     Returns:
@@ -215,6 +218,11 @@ def last_layer_smoothing(
         logits = torch.einsum("scd,bd->sbc", W + E, h) + b  # (S, B, C)
         S, B = logits.shape[:2]
         losses = F.cross_entropy(logits.reshape(S * B, C), y.repeat(S), reduction="none").reshape(S, B)
+        if antithetic:
+            mirror = torch.einsum("scd,bd->sbc", W - E, h) + b  # (S, B, C)
+            losses = (
+                losses + F.cross_entropy(mirror.reshape(S * B, C), y.repeat(S), reduction="none").reshape(S, B)
+            ) / 2
         loss = F.cross_entropy(h @ W.T + b, y, reduction="none")  # (B,)
     bound = loss + sigma**2 * C / 4 * h.pow(2).sum(1)
     return LastLayerSmoothing(losses.mean(0), losses.std(0) / math.sqrt(n_samples), loss, bound)
