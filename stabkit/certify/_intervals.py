@@ -10,17 +10,30 @@ probability with probability ``>= 1 - alpha``), a ``high`` an upper one. A one-s
 ``alpha`` on its side; a two-sided interval spends ``alpha / 2`` on each side.
 
 Note [selection on the same samples]
-    A certificate uses the lower bound of the *top* class and upper bounds of the others. If the top class is
-    chosen on the very samples that are used for the bounds, the union bound over the ``C`` classes has to
-    cover both sides of every class (family-wise error ``<= 2 alpha`` for the one-sided ``alpha / C`` bounds
-    of :func:`bonferroni_bounds`). With the top class chosen on separate selection samples (Cohen's ``n0``),
-    it is a fixed class for the estimation samples, only ``C`` one-sided bounds are used, and the error is
-    ``<= alpha``. :func:`class_bounds` always selects on ``counts_selection``; pass the estimation counts
-    twice only if you accept this.
+    A certificate uses the lower bound of the *top* class and upper bounds of the others. If the top class
+    is chosen on the very samples that give the bounds, it is random and biased upwards (the winner's
+    curse): the lower bound must hold for whichever class wins, a union over all ``C`` classes, and the
+    runner-up that matters is one of two classes (the true top or the true runner-up). With the one-sided
+    ``alpha / C`` bounds of :func:`bonferroni_bounds` the error is then ``<= alpha + 2 alpha / C``, not
+    ``alpha``. With the top class chosen on separate selection samples (Cohen's ``n0``) it is a fixed class
+    for the estimation samples and the union bound is over the bounds actually used. :func:`class_bounds`
+    always selects on ``counts_selection``; pass the estimation counts twice only if you accept this.
+
+Note [max of upper bounds]
+    The multi-class radius needs ``p_a <= p_top`` and ``p_b >= max_{c != top} p_c``. With the top class
+    fixed (by separate selection samples), ``max_{c != top} p_c = p_{B*}`` for one fixed class ``B*``. If
+    every other class has an upper bound ``high_c`` with ``P(high_c < p_c) <= beta``, then ``p_b = max_c
+    high_c >= high_{B*}``, so ``P(p_b < p_{B*}) <= beta``: the max of upper bounds bounds the max, with no
+    union over classes. Two events can fail (``p_a`` and ``high_{B*}``), so ``beta = alpha / 2`` gives a
+    certificate at level ``alpha`` (method ``"max_upper"``). Dividing by ``C`` (``"bonferroni"``) or by the
+    number of buckets (``"cpm"``) is valid too, but more than this protocol needs. Without any division
+    (``"uncorrected"``) the two failure events add up to nearly ``2 alpha``. This argument is ours
+    (stabkit), not the thesis's; the tests check it by exact enumeration over random probability vectors.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -38,10 +51,12 @@ __all__ = [
     "cpm_buckets",
     "cpm_bounds",
     "class_bounds",
+    "multinomial_outcomes",
+    "certificate_validity_probability",
 ]
 
 _SIDES = ("two", "lower", "upper")
-_METHODS = ("cohen", "bonferroni", "uncorrected", "cpm")
+_METHODS = ("cohen", "bonferroni", "max_upper", "uncorrected", "cpm")
 
 
 class Interval(NamedTuple):
@@ -319,20 +334,28 @@ def cpm_buckets(counts_selection: object) -> list[list[int]]:
     return buckets
 
 
+def _cpm_given_buckets(
+    buckets: list[list[int]], est: np.ndarray, a: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """CPM bounds for a fixed partition, vectorised over the rows of ``est`` (shape ``(M, C)``)."""
+    n = est.sum(axis=-1)  # (M,)
+    top = buckets[0][0]
+    if len(buckets) == 2:
+        # {top} ∪ {complement}: the complement's upper bound is 1 - p_a, so one test at level alpha suffices
+        # (and R_multi = R_mono)
+        p_a = _cp_lower(est[:, top], n, a)
+        return p_a, 1.0 - p_a, 2
+    side_alpha = a / len(buckets)
+    p_a = _cp_lower(est[:, top], n, side_alpha)
+    bucket_counts = np.stack([est[:, b].sum(axis=-1) for b in buckets[1:]], axis=-1)  # (M, B - 1)
+    p_b = _cp_upper(bucket_counts, np.broadcast_to(n[:, None], bucket_counts.shape), side_alpha).max(axis=-1)
+    return p_a, p_b, len(buckets)
+
+
 def _cpm_row(sel: np.ndarray, est: np.ndarray, a: float) -> tuple[float, float, int, int]:
     buckets = cpm_buckets(sel)
-    n = est.sum()
-    top = buckets[0][0]
-    if len(buckets) == 2 and len(buckets[0]) + len(buckets[1]) == sel.shape[0] and len(buckets[1]) > 1:
-        # {top} ∪ {complement}: the complement's upper bound is 1 - p_a, one test at level alpha (R_multi =
-        # R_mono)
-        p_a = float(_cp_lower(est[top], n, a))
-        return p_a, 1.0 - p_a, 2, top
-    side_alpha = a / len(buckets)
-    p_a = float(_cp_lower(est[top], n, side_alpha))
-    bucket_counts = np.array([est[b].sum() for b in buckets[1:]])
-    p_b = float(np.max(_cp_upper(bucket_counts, np.full_like(bucket_counts, n), side_alpha)))
-    return p_a, p_b, len(buckets), top
+    p_a, p_b, n_buckets = _cpm_given_buckets(buckets, est[None, :], a)
+    return float(p_a[0]), float(p_b[0]), n_buckets, buckets[0][0]
 
 
 def cpm_bounds(counts_selection: object, counts_estimation: object, *, alpha: float) -> CPMBounds:
@@ -390,26 +413,30 @@ def cpm_bounds(counts_selection: object, counts_estimation: object, *, alpha: fl
 def class_bounds(
     counts_selection: object, counts_estimation: object, *, alpha: float, method: str = "cpm"
 ) -> ClassBounds:
-    """Lower bound on the top class and upper bound on the runner-up, with a chosen multiple-testing method.
+    """Lower bound on the top class and upper bound on every other class, for a multiple-testing method.
 
-    The top class is the argmax of the selection counts (ties: lower index). Methods:
+    The top class is the argmax of the selection counts (ties: lower index); the bounds come from the
+    estimation counts. All bounds are one-sided Clopper–Pearson. Methods:
 
-    * ``"cohen"`` — one-sided CP lower bound at ``alpha`` and ``p_b = 1 - p_a`` (Cohen's CERTIFY; use R_mono).
-    * ``"bonferroni"`` — :func:`bonferroni_bounds` at ``alpha / C``; ``p_b``: largest other upper bound.
-    * ``"uncorrected"`` — the same at ``alpha`` for every class: **not** a valid certificate (see the
-      bonferroni-counterexample of the thesis); here only to show what the correction buys.
+    * ``"cohen"`` — ``p_a`` at ``alpha`` and ``p_b = 1 - p_a`` (Cohen's CERTIFY; the radius is R_mono).
+    * ``"bonferroni"`` — :func:`bonferroni_bounds`: every class at ``alpha / C``; ``p_b`` = largest other
+      upper bound.
+    * ``"max_upper"`` — ``p_a`` at ``alpha / 2`` and ``p_b`` = largest other upper bound at ``alpha / 2``.
+      Valid without dividing by ``C``: only the true runner-up's bound can break the certificate (see Note
+      [max of upper bounds]); two tests, hence ``alpha / 2``.
+    * ``"uncorrected"`` — ``p_a`` and every upper bound at ``alpha``: two tests at ``alpha`` each, so the
+      certificate can fail with probability up to ``2 alpha``. Not valid; kept to show what a correction buys.
     * ``"cpm"`` — :func:`cpm_bounds`.
 
     Args:
         counts_selection: selection counts, shape ``(..., C)``.
-        counts_estimation: estimation counts, same shape (pass the same array twice to select on the
-        estimation
-            samples; see Note [selection on the same samples]).
-        alpha: family-wise error probability in (0, 1).
-        method: one of ``"cohen"``, ``"bonferroni"``, ``"uncorrected"``, ``"cpm"``.
+        counts_estimation: estimation counts, same shape (passing the same array twice selects on the
+            estimation samples; see Note [selection on the same samples]).
+        alpha: error probability in (0, 1) of the certificate.
+        method: one of ``"cohen"``, ``"bonferroni"``, ``"max_upper"``, ``"uncorrected"``, ``"cpm"``.
 
     Returns:
-        ``ClassBounds(p_a, p_b, top_class, n_tests)``.
+        ``ClassBounds(p_a, p_b, top_class, n_tests)``; ``n_tests`` is what ``alpha`` was divided by.
 
     Raises:
         ValueError: unknown method, shapes differ, bad counts.
@@ -427,21 +454,149 @@ def class_bounds(
             f"counts_selection {sel.shape} and counts_estimation {est.shape} must both have shape (..., C), "
             "C >= 2"
         )
-    n_classes = sel.shape[-1]
-    top = np.argmax(sel, axis=-1)  # (...) first maximal index
-    n = est.sum(axis=-1)
-    if np.any(n < 1):
+    if np.any(est.sum(axis=-1) < 1):
         raise ValueError("every row of counts_estimation must have a positive total")
-    k_top = np.take_along_axis(est, top[..., None], axis=-1)[..., 0]
-    if method == "cohen":
-        p_a = _cp_lower(k_top, n, a)
-        p_b, n_tests = 1.0 - p_a, 1
-    else:
-        side_alpha = a / n_classes if method == "bonferroni" else a
-        p_a = _cp_lower(k_top, n, side_alpha)
-        upper = _cp_upper(est, np.broadcast_to(n[..., None], est.shape), side_alpha)  # (..., C)
-        np.put_along_axis(upper, top[..., None], -np.inf, axis=-1)
-        p_b, n_tests = upper.max(axis=-1), (n_classes if method == "bonferroni" else 1)
+    top = np.argmax(sel, axis=-1)  # (...) first maximal index
+    p_a, p_b, n_tests = _fixed_top_bounds(top, est, a, method)
     if top.ndim == 0:
         return ClassBounds(float(p_a), float(p_b), int(top), n_tests)
     return ClassBounds(np.asarray(p_a, np.float64), np.asarray(p_b, np.float64), top.astype(int), n_tests)
+
+
+def _fixed_top_bounds(
+    top: np.ndarray, est: np.ndarray, a: float, method: str
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(p_a, p_b, n_tests) for given top classes ``top`` ``(...)`` and counts ``est`` ``(..., C)``."""
+    n_classes = est.shape[-1]
+    n = est.sum(axis=-1)
+    k_top = np.take_along_axis(est, top[..., None], axis=-1)[..., 0]
+    if method == "cohen":
+        p_a = _cp_lower(k_top, n, a)
+        return p_a, 1.0 - p_a, 1
+    n_tests = {"bonferroni": n_classes, "max_upper": 2, "uncorrected": 1}[method]
+    side_alpha = a / n_tests
+    p_a = _cp_lower(k_top, n, side_alpha)
+    upper = _cp_upper(est, np.broadcast_to(n[..., None], est.shape), side_alpha)  # (..., C)
+    np.put_along_axis(upper, top[..., None], -np.inf, axis=-1)
+    return p_a, upper.max(axis=-1), n_tests
+
+
+# ----------------------------------------------------------------------------------------------------
+# exact validity probabilities
+
+
+def multinomial_outcomes(n: int, n_classes: int) -> np.ndarray:
+    """Every count vector of ``n`` draws over ``n_classes`` classes, shape ``(binom(n + C - 1, C - 1), C)``.
+
+    Example:
+        >>> multinomial_outcomes(2, 2).tolist()
+        [[0, 2], [1, 1], [2, 0]]
+    """
+    n = int(n)
+    if n < 0 or n_classes < 1:
+        raise ValueError(f"need n >= 0 and n_classes >= 1, got n={n}, n_classes={n_classes}")
+    if math.comb(n + n_classes - 1, n_classes - 1) > 5_000_000:
+        raise ValueError("too many outcomes to enumerate (> 5e6); use fewer samples or classes, or simulate")
+    if n_classes == 1:
+        return np.array([[n]], dtype=np.int64)
+    # stars and bars: choose the C - 1 bar positions among n + C - 1 slots
+    bars = np.array(list(itertools.combinations(range(n + n_classes - 1), n_classes - 1)), dtype=np.int64)
+    edges = np.concatenate(
+        [np.full((len(bars), 1), -1), bars, np.full((len(bars), 1), n + n_classes - 1)], axis=1
+    )
+    return np.diff(edges, axis=1) - 1  # (M, C) gaps between bars
+
+
+def _validity(
+    probs: np.ndarray, top: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, criterion: str
+) -> np.ndarray:
+    """Is each certificate valid? ``top``, ``p_a``, ``p_b`` of shape ``(M,)``; returns bool ``(M,)``."""
+    others = np.where(np.arange(len(probs))[None, :] == top[:, None], -np.inf, probs[None, :])  # (M, C)
+    true_a, true_b = probs[top], others.max(axis=1)
+    if criterion == "bounds":
+        return (p_a <= true_a) & (p_b >= true_b)
+    # radius: the claimed Phi^{-1}-space radius (sigma/2 omitted) must not exceed the true one for that class;
+    # a claim <= 0 is an abstention, always valid
+    with np.errstate(divide="ignore", invalid="ignore"):
+        claimed = stats.norm.ppf(p_a) - stats.norm.ppf(p_b)
+        true = stats.norm.ppf(true_a) - stats.norm.ppf(true_b)
+    return ~(claimed > 0) | (claimed <= true + 1e-12)
+
+
+def certificate_validity_probability(
+    probs: object,
+    n: int,
+    *,
+    alpha: float,
+    method: str,
+    n0: int | None = None,
+    criterion: str = "bounds",
+) -> float:
+    """Exact probability that a certificate is valid, by enumerating every multinomial outcome.
+
+    The base classifier's smoothed class probabilities ``probs`` are known; ``n`` estimation samples (and
+    ``n0`` independent selection samples, or the same ``n`` when ``n0`` is None) are multinomial. For each
+    outcome the bounds of :func:`class_bounds` are computed, and the outcome's probability is added when
+
+    * ``criterion="bounds"``: ``p_a <= probs[top]`` and ``p_b >= max_{c != top} probs[c]`` (the statement the
+      radius needs), or
+    * ``criterion="radius"``: the claimed radius ``Phi^{-1}(p_a) - Phi^{-1}(p_b)`` (times ``sigma / 2``) is
+      ``<= 0`` (abstain) or ``<=`` the true radius of the smoothed classifier for the class ``top``
+      (``Phi^{-1}(probs[top]) - Phi^{-1}(max_{c != top} probs[c])``, negative if ``top`` is not the true top).
+
+    A valid method gives ``>= 1 - alpha`` for every ``probs``; ``"bounds"`` validity implies ``"radius"``
+    validity.
+
+    Args:
+        probs: true class probabilities, shape ``(C,)``, summing to 1.
+        n: number of estimation samples.
+        alpha: error probability in (0, 1).
+        method: as in :func:`class_bounds`.
+        n0: number of selection samples, or None to select the top class on the estimation samples.
+        criterion: ``"bounds"`` or ``"radius"``.
+
+    Returns:
+        The probability (a float in [0, 1]).
+
+    Raises:
+        ValueError: bad ``probs``, unknown method or criterion, too many outcomes to enumerate.
+
+    References:
+        Delattre et al., AISTATS 2025 (multiple testing in RS); thesis ch. 6b.
+    """
+    a = _alpha(alpha)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 1 or p.shape[0] < 2 or np.any(p < 0) or abs(p.sum() - 1.0) > 1e-9:
+        raise ValueError(
+            f"probs must be a probability vector of shape (C,), C >= 2, summing to 1, got {probs!r}"
+        )
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if criterion not in ("bounds", "radius"):
+        raise ValueError(f"criterion must be 'bounds' or 'radius', got {criterion!r}")
+    n_classes = p.shape[0]
+    est = multinomial_outcomes(n, n_classes).astype(np.float64)  # (M, C)
+    w_est = stats.multinomial.pmf(est, n, p)  # (M,)
+    if n0 is None:
+        b = class_bounds(est, est, alpha=a, method=method)
+        valid = _validity(p, np.asarray(b.top_class), np.asarray(b.p_a), np.asarray(b.p_b), criterion)
+        return float(np.sum(w_est[valid]))
+    sel = multinomial_outcomes(n0, n_classes)  # (M0, C)
+    w_sel = stats.multinomial.pmf(sel, n0, p)
+    # the estimation step depends on the selection outcome only through the top class (or the CPM partition):
+    # group selection outcomes by that state
+    states: dict[tuple, float] = {}
+    for row, w in zip(sel, w_sel, strict=True):
+        key = tuple(map(tuple, cpm_buckets(row))) if method == "cpm" else (int(np.argmax(row)),)
+        states[key] = states.get(key, 0.0) + float(w)
+    total = 0.0
+    for key, w in states.items():
+        if method == "cpm":
+            buckets = [list(b) for b in key]
+            p_a, p_b, _ = _cpm_given_buckets(buckets, est, a)
+            top = np.full(len(est), buckets[0][0])
+        else:
+            top = np.full(len(est), key[0])
+            p_a, p_b, _ = _fixed_top_bounds(top, est, a, method)
+        total += w * float(np.sum(w_est[_validity(p, top, p_a, p_b, criterion)]))
+    return total
