@@ -38,7 +38,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 __all__ = [
     "Interval",
@@ -131,16 +131,34 @@ def _out(x: np.ndarray) -> np.ndarray | float:
 # Clopper–Pearson
 
 
+def _beta_quantile(q: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``Beta(a, b)`` quantile at level ``q``, evaluated once per distinct ``(a, b)`` pair.
+
+    Count arrays of a sampling log (or of an exact enumeration) repeat the same few values many times; the
+    Beta inverse is by far the dominant cost, so deduplicate first."""
+    a, b = np.broadcast_arrays(a, b)
+    if a.size == 0:
+        return np.zeros(a.shape)
+    # a, b are integer-valued counts (+1): one exact float64 key per pair, then a 1-D unique
+    ai, bi = a.ravel().astype(np.int64), b.ravel().astype(np.int64)
+    stride = int(bi.max()) + 1
+    keys, inverse = np.unique(ai * stride + bi, return_inverse=True)
+    values = special.betaincinv((keys // stride).astype(np.float64), (keys % stride).astype(np.float64), q)
+    return values[inverse.ravel()].reshape(a.shape)
+
+
 def _cp_lower(k: np.ndarray, n: np.ndarray, a: float) -> np.ndarray:
     # exact binomial lower bound: the a-quantile of Beta(k, n - k + 1); 0 when k = 0
+    k, n = np.broadcast_arrays(np.asarray(k, np.float64), np.asarray(n, np.float64))
     safe_k = np.maximum(k, 1.0)
-    return np.where(k > 0, stats.beta.ppf(a, safe_k, n - safe_k + 1.0), 0.0)
+    return np.where(k > 0, _beta_quantile(a, safe_k, n - safe_k + 1.0), 0.0)
 
 
 def _cp_upper(k: np.ndarray, n: np.ndarray, a: float) -> np.ndarray:
     # exact binomial upper bound: the (1 - a)-quantile of Beta(k + 1, n - k); 1 when k = n
+    k, n = np.broadcast_arrays(np.asarray(k, np.float64), np.asarray(n, np.float64))
     safe_k = np.minimum(k, n - 1.0)
-    return np.where(k < n, stats.beta.ppf(1.0 - a, safe_k + 1.0, n - safe_k), 1.0)
+    return np.where(k < n, _beta_quantile(1.0 - a, safe_k + 1.0, n - safe_k), 1.0)
 
 
 def clopper_pearson(k: object, n: object, *, alpha: float, sided: str = "two") -> Interval:
@@ -319,19 +337,24 @@ def cpm_buckets(counts_selection: object) -> list[list[int]]:
     s = _counts("counts_selection", counts_selection)
     if s.ndim != 1 or s.shape[0] < 2:
         raise ValueError(f"counts_selection must have shape (C,) with C >= 2, got shape {s.shape}")
+    return [list(b) for b in _partition(s)]
+
+
+def _partition(s: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    """The CPM partition of one (validated) selection-count vector, hashable."""
     order = [int(i) for i in np.argsort(-s, kind="stable")]
     if s[order[1]] == 0 or len(order) == 2:
         # all selection mass on one class (or only two classes): one test against the complement
-        return [order[:1], order[1:]]
-    buckets = [order[:1], order[1:2]]
+        return (tuple(order[:1]), tuple(order[1:]))
+    buckets = [tuple(order[:1]), tuple(order[1:2])]
     rest = order[2:]
+    tail = np.cumsum(s[rest][::-1])[::-1]  # tail[i]: selection mass of rest[i:]
     runner_up = s[order[1]]
-    while rest and s[rest].sum() > runner_up:
-        buckets.append(rest[:1])
-        rest = rest[1:]
-    if rest:
-        buckets.append(rest)
-    return buckets
+    n_single = int(np.sum(tail > runner_up))  # tail is non-increasing: a prefix of rest splits off
+    buckets += [(c,) for c in rest[:n_single]]
+    if rest[n_single:]:
+        buckets.append(tuple(rest[n_single:]))
+    return tuple(buckets)
 
 
 def _cpm_given_buckets(
@@ -350,12 +373,6 @@ def _cpm_given_buckets(
     bucket_counts = np.stack([est[:, b].sum(axis=-1) for b in buckets[1:]], axis=-1)  # (M, B - 1)
     p_b = _cp_upper(bucket_counts, np.broadcast_to(n[:, None], bucket_counts.shape), side_alpha).max(axis=-1)
     return p_a, p_b, len(buckets)
-
-
-def _cpm_row(sel: np.ndarray, est: np.ndarray, a: float) -> tuple[float, float, int, int]:
-    buckets = cpm_buckets(sel)
-    p_a, p_b, n_buckets = _cpm_given_buckets(buckets, est[None, :], a)
-    return float(p_a[0]), float(p_b[0]), n_buckets, buckets[0][0]
 
 
 def cpm_bounds(counts_selection: object, counts_estimation: object, *, alpha: float) -> CPMBounds:
@@ -403,11 +420,18 @@ def cpm_bounds(counts_selection: object, counts_estimation: object, *, alpha: fl
         raise ValueError("every row of counts_estimation must have a positive total")
     lead = sel.shape[:-1]
     flat_sel, flat_est = sel.reshape(-1, sel.shape[-1]), est.reshape(-1, est.shape[-1])  # (B, C)
-    rows = [_cpm_row(s, e, a) for s, e in zip(flat_sel, flat_est, strict=True)]
-    p_a, p_b, nb, top = (np.array(col).reshape(lead) for col in zip(*rows, strict=True))
+    # rows sharing a partition are bounded together (one vectorised Clopper–Pearson call per partition)
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(flat_sel):
+        groups.setdefault(_partition(row), []).append(i)
+    p_a, p_b = np.empty(len(flat_sel)), np.empty(len(flat_sel))
+    nb, top = np.empty(len(flat_sel), dtype=int), np.empty(len(flat_sel), dtype=int)
+    for buckets, rows in groups.items():
+        p_a[rows], p_b[rows], nb[rows] = _cpm_given_buckets([list(b) for b in buckets], flat_est[rows], a)
+        top[rows] = buckets[0][0]
     if not lead:
-        return CPMBounds(float(p_a), float(p_b), int(nb), int(top))
-    return CPMBounds(p_a.astype(np.float64), p_b.astype(np.float64), nb.astype(np.int64), top.astype(int))
+        return CPMBounds(float(p_a[0]), float(p_b[0]), int(nb[0]), int(top[0]))
+    return CPMBounds(p_a.reshape(lead), p_b.reshape(lead), nb.reshape(lead), top.reshape(lead))
 
 
 def class_bounds(
@@ -587,7 +611,7 @@ def certificate_validity_probability(
     # group selection outcomes by that state
     states: dict[tuple, float] = {}
     for row, w in zip(sel, w_sel, strict=True):
-        key = tuple(map(tuple, cpm_buckets(row))) if method == "cpm" else (int(np.argmax(row)),)
+        key = _partition(row.astype(np.float64)) if method == "cpm" else (int(np.argmax(row)),)
         states[key] = states.get(key, 0.0) + float(w)
     total = 0.0
     for key, w in states.items():
