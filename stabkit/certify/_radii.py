@@ -139,9 +139,7 @@ def _ramp_offset_scalar(p: float, sigma: float, lipschitz: float) -> float:
     lo = hi - sigma
     while _ramp_prob_upper(lo, sigma, lipschitz) > q:  # 1 - p decreases to 0 as s0 -> -inf
         lo = hi - 2.0 * (hi - lo)
-    return optimize.brentq(
-        lambda t: _ramp_prob_upper(t, sigma, lipschitz) - q, lo, hi, xtol=1e-14, rtol=1e-14
-    )
+    return optimize.brentq(lambda t: _ramp_prob_upper(t, sigma, lipschitz) - q, lo, hi, xtol=1e-14, rtol=1e-14)
 
 
 def ramp_offset(p: object, *, sigma: float, lipschitz: float) -> np.ndarray | float:
@@ -217,9 +215,7 @@ def _lip_radius_one(p: np.ndarray, sigma: float, lipschitz: float, method: str) 
     return out
 
 
-def radius_mono_lip(
-    p_a: object, *, sigma: float, lipschitz: float, method: str = "local"
-) -> np.ndarray | float:
+def radius_mono_lip(p_a: object, *, sigma: float, lipschitz: float, method: str = "local") -> np.ndarray | float:
     """Lipschitz-aware one-class radius for a base classifier with ``L``-Lipschitz scores in ``[0, 1]``.
 
     ``"local"`` (the paper's formula, default): ``Phi^{-1}(p_a) / L_loc(p_a)`` with :func:`local_lipschitz`.
