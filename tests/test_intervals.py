@@ -319,6 +319,16 @@ def test_bonferroni_counterexample_exact(criterion):
         assert ours == pytest.approx(reference, abs=1e-12)
 
 
+def test_bonferroni_counterexample_thesis_reading():
+    """The one [C] number of the counter-example we can reproduce: Bonferroni 0.99966 is the probability of not
+    certifying a wrong class (criterion "class") with two-sided Clopper–Pearson at alpha / C, i.e. one-sided at
+    alpha / (2C) (our alpha = 0.025), top class chosen on the same 10 samples. The only failure is all ten draws
+    landing on the 0.45 class: 0.45^10."""
+    v = certificate_validity_probability([0.5, 0.05, 0.45], 10, alpha=0.025, method="bonferroni", criterion="class")
+    assert v == pytest.approx(0.99966, abs=5e-6)
+    assert v == pytest.approx(1 - 0.45**10, abs=1e-12)
+
+
 def test_multinomial_outcomes_enumerate_everything():
     out = multinomial_outcomes(6, 3)
     assert out.shape == (math.comb(8, 2), 3)

@@ -567,6 +567,9 @@ def _validity(probs: np.ndarray, top: np.ndarray, p_a: np.ndarray, p_b: np.ndarr
     with np.errstate(divide="ignore", invalid="ignore"):
         claimed = stats.norm.ppf(p_a) - stats.norm.ppf(p_b)
         true = stats.norm.ppf(true_a) - stats.norm.ppf(true_b)
+    if criterion == "class":
+        # only the certified class matters: a positive radius for a class that is not the true top is invalid
+        return ~(claimed > 0) | (true_a >= probs.max())
     return ~(claimed > 0) | (claimed <= true + 1e-12)
 
 
@@ -586,13 +589,14 @@ def certificate_validity_probability(
     outcome the bounds of :func:`class_bounds` are computed, and the outcome's probability is added when
 
     * ``criterion="bounds"``: ``p_a <= probs[top]`` and ``p_b >= max_{c != top} probs[c]`` (the statement the
-      radius needs), or
+      radius needs),
     * ``criterion="radius"``: the claimed radius ``Phi^{-1}(p_a) - Phi^{-1}(p_b)`` (times ``sigma / 2``) is
       ``<= 0`` (abstain) or ``<=`` the true radius of the smoothed classifier for the class ``top``
-      (``Phi^{-1}(probs[top]) - Phi^{-1}(max_{c != top} probs[c])``, negative if ``top`` is not the true top).
+      (``Phi^{-1}(probs[top]) - Phi^{-1}(max_{c != top} probs[c])``, negative if ``top`` is not the true top),
+    * ``criterion="class"``: the certificate abstains or certifies the true top class (any radius); the weakest.
 
-    A valid method gives ``>= 1 - alpha`` for every ``probs``; ``"bounds"`` validity implies ``"radius"``
-    validity.
+    A valid method gives ``>= 1 - alpha`` for every ``probs``; "bounds" validity implies "radius" validity,
+    which implies "class" validity.
 
     Args:
         probs: true class probabilities, shape ``(C,)``, summing to 1.
@@ -600,7 +604,7 @@ def certificate_validity_probability(
         alpha: error probability in (0, 1).
         method: as in :func:`class_bounds`.
         n0: number of selection samples, or None to select the top class on the estimation samples.
-        criterion: ``"bounds"`` or ``"radius"``.
+        criterion: ``"bounds"``, ``"radius"`` or ``"class"``.
 
     Returns:
         The probability (a float in [0, 1]).
@@ -617,8 +621,8 @@ def certificate_validity_probability(
         raise ValueError(f"probs must be a probability vector of shape (C,), C >= 2, summing to 1, got {probs!r}")
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if criterion not in ("bounds", "radius"):
-        raise ValueError(f"criterion must be 'bounds' or 'radius', got {criterion!r}")
+    if criterion not in ("bounds", "radius", "class"):
+        raise ValueError(f"criterion must be 'bounds', 'radius' or 'class', got {criterion!r}")
     n_classes = p.shape[0]
     est = multinomial_outcomes(n, n_classes).astype(np.float64)  # (M, C)
     w_est = stats.multinomial.pmf(est, n, p)  # (M,)
