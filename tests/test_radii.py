@@ -189,6 +189,24 @@ def test_lipschitz_aware_gradient_bound_over_random_functions():
     assert derivative == pytest.approx(bound, rel=1e-4)
 
 
+def test_lipschitz_radii_broadcast_over_points_and_constants():
+    # one Lipschitz constant per test point (e.g. per simplex map and temperature), inf mixed in
+    p_a = np.array([[0.55, 0.8, 0.999], [0.6, 0.9, 0.2]])
+    p_b = np.array([[0.3, 0.1, 0.0005], [0.35, 0.05, 0.7]])
+    lip = np.array([[0.5, 2.0, math.inf], [1.0, 30.0, 4.0]])
+    for method in ("local", "integrated"):
+        mono = radius_mono_lip(p_a, sigma=0.5, lipschitz=lip, method=method)
+        multi = radius_multi_lip(p_a, p_b, sigma=0.5, lipschitz=lip, method=method)
+        for i, j in np.ndindex(p_a.shape):
+            one = radius_mono_lip(float(p_a[i, j]), sigma=0.5, lipschitz=float(lip[i, j]), method=method)
+            two = radius_multi_lip(
+                float(p_a[i, j]), float(p_b[i, j]), sigma=0.5, lipschitz=float(lip[i, j]), method=method
+            )
+            assert isinstance(one, float) and mono[i, j] == one and multi[i, j] == two
+    assert radius_mono_lip(0.999, sigma=0.5, lipschitz=math.inf) == radius_mono(0.999, sigma=0.5)
+    assert radius_mono_lip(0.2, sigma=0.5, lipschitz=1.0) < 0  # below 1/2: abstain
+
+
 def test_lipschitz_radii_reject_bad_input():
     with pytest.raises(ValueError, match="lipschitz"):
         radius_mono_lip(0.9, sigma=0.5, lipschitz=-1.0)
