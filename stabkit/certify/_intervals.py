@@ -27,7 +27,7 @@ Note [max of upper bounds]
     union over classes. Two events can fail (``p_a`` and ``high_{B*}``), so ``beta = alpha / 2`` gives a
     certificate at level ``alpha`` (method ``"max_upper"``). Dividing by ``C`` (``"bonferroni"``) or by the
     number of buckets (``"cpm"``) is valid too, but more than this protocol needs. Without any division
-    (``"uncorrected"``) the two failure events add up to nearly ``2 alpha``. This argument is ours
+    (``"uncorrected"``) the two failure events add up to as much as ``2 alpha``. This argument is ours
     (stabkit), not the thesis's; the tests check it by exact enumeration over random probability vectors.
 """
 
@@ -82,8 +82,8 @@ class CPMBounds(NamedTuple):
 
 
 class ClassBounds(NamedTuple):
-    """Lower bound ``p_a`` on the top class, upper bound ``p_b`` on the runner-up, chosen ``top_class``,
-    and ``n_tests``, the number of one-sided bounds ``alpha`` was split over."""
+    """Lower bound ``p_a`` on the top class, upper bound ``p_b`` on every other class, the ``top_class``
+    chosen on the selection counts, and ``n_tests``, the number of one-sided tests ``alpha`` was split over."""
 
     p_a: np.ndarray | float
     p_b: np.ndarray | float
@@ -117,7 +117,8 @@ def _counts(name: str, x: object) -> np.ndarray:
         raise ValueError(f"{name} must hold non-negative integer counts, got dtype {a.dtype}")
     a = a.astype(np.float64)
     if not np.all(np.isfinite(a)) or np.any(a < 0) or np.any(a != np.round(a)):
-        raise ValueError(f"{name} must hold non-negative integer counts (no NaN, no fractions), got {x!r}")
+        bad = a[~(np.isfinite(a) & (a >= 0) & (a == np.round(a)))].ravel()[:3]
+        raise ValueError(f"{name} must hold non-negative integer counts (no NaN, no fractions), got {bad.tolist()}")
     return a
 
 
@@ -167,8 +168,9 @@ def clopper_pearson(k: object, n: object, *, alpha: float, sided: str = "two") -
     ``low`` is a lower and ``high`` an upper confidence bound on the true probability ``p`` of ``k`` successes
     in ``n`` trials. Two-sided: ``P(low <= p <= high) >= 1 - alpha`` with ``alpha / 2`` on each side.
     ``"lower"``: ``P(low <= p) >= 1 - alpha`` and ``high = 1``. ``"upper"``: ``P(p <= high) >= 1 - alpha`` and
-    ``low = 0``. Computed from Beta quantiles (the same numbers as ``scipy.stats.binomtest(k,
-    n).proportion_ci(method="exact")``).
+    ``low = 0``. Computed from Beta quantiles with ``scipy.special.betaincinv`` (identical to
+    ``scipy.stats.beta.ppf``, once per distinct count); the tests check it against
+    ``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``.
 
     Args:
         k: number of successes, integer-valued, ``0 <= k <= n``; any shape.
