@@ -83,6 +83,14 @@ def test_hvp_float32_cnn_close_to_float64():
     torch.testing.assert_close(H32 @ v, (H64 @ v.double()).float(), rtol=1e-4, atol=1e-5)
 
 
+def test_dropout_in_train_mode_is_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Dropout(0.5), nn.Linear(6, 3)).double()
+    with pytest.raises(ValueError, match="Dropout in training mode"):
+        HessianOperator(model, batch(0))
+    HessianOperator(model.eval(), batch(0))
+
+
 def test_batchnorm_in_train_mode_is_refused_and_eval_leaves_buffers():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double()
