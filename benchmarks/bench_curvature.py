@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 
@@ -22,19 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stabkit import data
+from stabkit import data, support
 from stabkit.curvature import HessianOperator, power_iteration, top_eigenvalues
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def small_cnn() -> nn.Module:
@@ -129,7 +117,7 @@ def main() -> None:
     except ImportError:
         pass
 
-    print(f"torch {torch.__version__}, {cpu_model()}, {torch.get_num_threads()} thread(s), {platform.python_version()}")
+    print(support.machine_info())
     n_params = sum(p.numel() for p in model.parameters())
     print(f"small CNN, {n_params} parameters, batch 256 of 8×8 digits; reference λ_max = {exact:.6f} (float64)")
     print(f"one gradient: {t_grad * 1e3:.2f} ms; one HVP: {t_hvp * 1e3:.2f} ms = {t_hvp / t_grad:.2f} gradients")
