@@ -1,5 +1,6 @@
 """Hessian-vector products, top eigenvalues, trace and spectral density against exact Hessians."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -237,3 +238,17 @@ def test_cached_and_uncached_products_agree():
     torch.testing.assert_close(a.gradient(), b.gradient(), rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="n_basis"):
         top_eigenvalues(a, k=2, n_basis=2)
+
+
+def test_linear_operator_view_works_with_scipy():
+    from scipy.sparse.linalg import eigsh
+
+    model, (x, y) = mlp(5), batch(5)
+    H = HessianOperator(model, (x, y))
+    lin = H.to_linear_operator()
+    v = torch.randn(H.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    np.testing.assert_allclose(lin @ v.numpy(), (H @ v).numpy(), rtol=1e-12, atol=1e-14)
+    v0 = np.ones(H.dim)
+    top = eigsh(lin, k=1, which="LA", v0=v0, return_eigenvectors=False)
+    exact = torch.linalg.eigvalsh(exact_hessian(model, x, y))[-1]
+    assert float(top[0]) == pytest.approx(float(exact), rel=1e-8)
