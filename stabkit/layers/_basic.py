@@ -112,8 +112,10 @@ class GroupSort(nn.Module):
 class MaxMin(nn.Module):
     """MaxMin activation: split ``dim`` in halves ``a, b`` and return ``cat(max(a,b), min(a,b))``.
 
+    1-Lipschitz (a permutation of each pair). With an odd size the last feature passes unchanged.
+
     Args:
-        dim: the feature dimension; its size must be even.
+        dim: the feature dimension.
 
     Shape:
         Same as the input.
@@ -129,10 +131,9 @@ class MaxMin(nn.Module):
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[self.dim] % 2:
-            raise ValueError(f"MaxMin needs an even size along dim {self.dim}, got {x.shape[self.dim]}")
-        a, b = x.chunk(2, dim=self.dim)
-        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=self.dim)
+        n = x.shape[self.dim]
+        a, b, rest = x.split([n // 2, n // 2, n % 2], dim=self.dim)
+        return torch.cat([torch.maximum(a, b), torch.minimum(a, b), rest], dim=self.dim)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

@@ -12,11 +12,11 @@ the size.
 
 What we do:
 
-* Training** (``module.training``): as the papers, one power-iteration step per forward pass on the
+* **Training** (``module.training``): as the papers, one power-iteration step per forward pass on the
   persistent buffer ``u`` (under ``no_grad``); ``σ̂ = ‖A u‖`` carries the gradient. For convolutions the
   iteration runs on a fixed ``n_grid × n_grid`` circular grid, so the buffer has a fixed shape and the
   estimate does not depend on the batch's image size.
-* Evaluation**: ``σ̂`` is a *certified upper bound* of ‖A‖₂, valid for every input size, so the eval-mode
+* **Evaluation**: ``σ̂`` is a *certified upper bound* of ‖A‖₂, valid for every input size, so the eval-mode
   layer is 1-Lipschitz whatever the power iteration did. Dense: the float64 SVD σ1, times ``1 + 1e−9`` to
   cover its rounding (backward-stable SVD: error ≤ n·u·σ1 ≈ 1e−13 σ1). Convolution: ``‖A‖₂ ≤ S = sup_ω
   σ1(K̂(ω))`` (the zero-padded conv on any size is a compression of the bi-infinite one, whose norm is S).
