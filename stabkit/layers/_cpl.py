@@ -53,8 +53,11 @@ _SVD_SLACK = 1.0 + 1e-9  # covers float64 SVD rounding, Note [CPL norm]
 
 
 def _is_wrapped(t: torch.Tensor) -> bool:
-    """True inside a torch.func transform (the tensor is a functorch wrapper)."""
-    return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+    """True if ``t`` is a torch.func wrapper or a torch.func transform is running (write no state)."""
+    return (
+        bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+        or torch._C._functorch.peek_interpreter_stack() is not None
+    )
 
 
 def dense_norm_bound(weight: torch.Tensor) -> torch.Tensor:
