@@ -416,3 +416,17 @@ def test_bad_inputs():
         conv_norm_bound(torch.zeros(2, 2, 5, 5), n_eval=5)
     with pytest.raises(ValueError, match="eps"):
         CPLLinear(3, eps=-1.0)
+
+
+def test_layers_move_and_cast_like_torch_modules():
+    # .to()/.double() go through nn.Module._apply: no layer may shadow it
+    g = gen(20)
+    for layer in [
+        CPLConv2d(2, 3, 3, generator=g),
+        CPLLinear(3, 4, generator=g),
+        SLLConv2d(2, 2, 3, generator=g),
+    ]:
+        layer = layer.double().eval()
+        assert all(p.dtype == D for p in layer.parameters())
+        x = input_for(layer, g)[None]
+        assert layer(x).dtype == D

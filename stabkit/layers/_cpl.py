@@ -157,10 +157,10 @@ class _CPLBase(nn.Module):
         """One power-iteration step on the buffer ``u``; returns ``‖A u‖`` with gradient through A."""
         w = self.weight
         with torch.no_grad():
-            u = self._normalize(self._adjoint(self._apply(self.u, w.detach()), w.detach()))
+            u = self._normalize(self._op_adjoint(self._op(self.u, w.detach()), w.detach()))
             if not _is_wrapped(w) and not _is_wrapped(self.u):
                 self.u.copy_(u)
-        return torch.linalg.vector_norm(self._apply(u, w))
+        return torch.linalg.vector_norm(self._op(u, w))
 
     @staticmethod
     def _normalize(u: torch.Tensor) -> torch.Tensor:
@@ -223,11 +223,11 @@ class CPLLinear(_CPLBase):
             self.u.copy_(self._normalize(self.u))
 
     @staticmethod
-    def _apply(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _op(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return w @ u
 
     @staticmethod
-    def _adjoint(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _op_adjoint(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return w.T @ v
 
     def _norm_bound(self, w: torch.Tensor) -> torch.Tensor:
@@ -309,10 +309,10 @@ class CPLConv2d(_CPLBase):
         ph, pw = self.padding
         return F.pad(x, (pw, pw, ph, ph), mode="circular")
 
-    def _apply(self, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _op(self, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(self._circular(u), w)  # (1, inner, N, N): circular conv on the grid
 
-    def _adjoint(self, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _op_adjoint(self, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # adjoint of a circular cross-correlation: cross-correlation with the flipped, transposed kernel
         return F.conv2d(self._circular(v), w.transpose(0, 1).flip(2, 3))
 
