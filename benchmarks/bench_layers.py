@@ -15,7 +15,6 @@ Usage: ``python benchmarks/bench_layers.py [--device cuda] [--reps 15] [--thread
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -23,17 +22,7 @@ import torch
 from torch import nn
 
 from stabkit.layers import AOLConv2d, CPLConv2d, SLLConv2d, SRConv2d
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from stabkit.support import machine_info
 
 
 def peer_layers(c: int) -> dict[str, nn.Module]:
@@ -143,11 +132,7 @@ def main() -> None:
     for name, layer in layers.items():
         memory[name] = cuda_peak(steps[name], device) if device.type == "cuda" else saved_bytes(layer, x)
 
-    print(f"torch {torch.__version__}, device {device}", end="")
-    if device.type == "cuda":
-        print(f" ({torch.cuda.get_device_name(device)})")
-    else:
-        print(f" ({cpu_model()}, {torch.get_num_threads()} threads)")
+    print(f"{machine_info()} | device {device}")
     print(f"train step (forward + backward + SGD), batch {shape}, 3x3, input requires grad; {args.reps} reps")
     mem_label = "peak MiB" if device.type == "cuda" else "saved MiB"
     print(f"{'layer':<22}{'median ms':>11}{'min ms':>9}{'ratio':>8}{mem_label:>11}{'mem ratio':>11}")
