@@ -385,9 +385,7 @@ def test_building_blocks():
     assert GroupSort(2)(torch.tensor([[1.0, 5.0, 3.0, 2.0]])).tolist() == [[5.0, 1.0, 3.0, 2.0]]
     lln = LinearNormalized(6, 4, dtype=D, generator=g)
     torch.testing.assert_close(lln.normalized_weight().norm(dim=1), torch.ones(4, dtype=D))
-    assert lln.lipschitz_constant() == pytest.approx(
-        torch.linalg.matrix_norm(lln.normalized_weight(), 2).item()
-    )
+    assert lln.lipschitz_constant() == pytest.approx(torch.linalg.matrix_norm(lln.normalized_weight(), 2).item())
 
 
 def test_initialisation_is_deterministic_and_leaves_global_rng_alone():
@@ -430,3 +428,15 @@ def test_layers_move_and_cast_like_torch_modules():
         assert all(p.dtype == D for p in layer.parameters())
         x = input_for(layer, g)[None]
         assert layer(x).dtype == D
+
+
+def test_cpl_bound_made_under_inference_mode_is_usable_with_autograd():
+    layer = CPLConv2d(2, 2, 3, dtype=D, generator=gen(21)).eval()
+    x = torch.randn(1, 2, 5, 5, generator=gen(22), dtype=D)
+    with torch.inference_mode():
+        y0 = layer(x)
+    xr = x.clone().requires_grad_(True)
+    y = layer(xr)
+    y.sum().backward()
+    torch.testing.assert_close(y.detach(), y0.clone())
+    assert xr.grad is not None

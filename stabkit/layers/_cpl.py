@@ -97,19 +97,13 @@ def conv_norm_bound(kernel: torch.Tensor, *, n_eval: int = 32, refine: int = 4) 
     d = (kh - 1) / 2 + (kw - 1) / 2
     tau_c = math.pi * d / n_eval
     if tau_c * tau_c >= 1.0 or n_eval < max(kh, kw):
-        raise ValueError(
-            f"n_eval={n_eval} is too small for a {kh}×{kw} kernel; use at least {4 * max(kh, kw)}"
-        )
+        raise ValueError(f"n_eval={n_eval} is too small for a {kh}×{kw} kernel; use at least {4 * max(kh, kw)}")
     if refine % 2:
-        raise ValueError(
-            f"refine must be even (the fine grid must contain the coarse cell borders), got {refine}"
-        )
+        raise ValueError(f"refine must be even (the fine grid must contain the coarse cell borders), got {refine}")
     dev = kernel.device
     step = 2 * math.pi / n_eval
     # coarse grid on the half plane ω2 ∈ [0, π] (σ1(K̂(−ω)) = σ1(K̂(ω)) for a real kernel)
-    j1, j2 = torch.meshgrid(
-        torch.arange(n_eval, device=dev), torch.arange(n_eval // 2 + 1, device=dev), indexing="ij"
-    )
+    j1, j2 = torch.meshgrid(torch.arange(n_eval, device=dev), torch.arange(n_eval // 2 + 1, device=dev), indexing="ij")
     nodes = torch.stack([j1.flatten(), j2.flatten()], dim=1).to(torch.float64) * step  # (F, 2)
     coarse = _block_norms(kernel, nodes)
     # the coarse node nearest to the maximiser ω* has σ1 ≥ S(1 − τ_c²/2) ≥ max(coarse)(1 − τ_c²/2)
@@ -137,7 +131,9 @@ class _CPLBase(nn.Module):
             and cache[2].device == w.device
         ):
             return cache[2]
-        bound = self._norm_bound(w)
+        # a bound made under inference_mode could not be used later in a graph: compute it outside of it
+        with torch.inference_mode(False):
+            bound = self._norm_bound(w)
         # store only for the module's own parameter (not for weights passed by functional_call / transforms)
         if isinstance(w, nn.Parameter) and not _is_wrapped(w):
             bound = bound.detach()

@@ -120,9 +120,7 @@ class AOLLinear(SRLinear):
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(
-            in_features, out_features, bias, n_iter=1, device=device, dtype=dtype, generator=generator
-        )
+        super().__init__(in_features, out_features, bias, n_iter=1, device=device, dtype=dtype, generator=generator)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

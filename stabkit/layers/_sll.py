@@ -67,7 +67,7 @@ class SLLLinear(nn.Module):
         self.reset_parameters(generator=generator)
 
     def reset_parameters(self, *, generator: torch.Generator | None = None) -> None:
-        """Xavier-normal weight, torch's uniform bias, q = 1 (log_q = 0)."""
+        """Xavier-normal weight, torch's uniform bias, q = 1 (log_q = 0; the official code draws q ~ N(0, 1))."""
         normal_(self.weight, math.sqrt(2.0 / (self.features + self.inner_features)), generator)
         if self.bias is not None:
             uniform_(self.bias, fan_in_bound(self.features), generator)
@@ -87,8 +87,7 @@ class SLLLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.features}, inner_features={self.inner_features}, bias={self.bias is not None}, "
-            f"n_iter={self.n_iter}"
+            f"{self.features}, inner_features={self.inner_features}, bias={self.bias is not None}, n_iter={self.n_iter}"
         )
 
 
@@ -149,7 +148,7 @@ class SLLConv2d(nn.Module):
         self.reset_parameters(generator=generator)
 
     def reset_parameters(self, *, generator: torch.Generator | None = None) -> None:
-        """Xavier-normal kernel, torch's uniform bias, q = 1."""
+        """Xavier-normal kernel, torch's uniform bias, q = 1 (the official code draws q ~ N(0, 1))."""
         kk = self.kernel_size[0] * self.kernel_size[1]
         normal_(self.weight, math.sqrt(2.0 / ((self.channels + self.inner_channels) * kk)), generator)
         if self.bias is not None:
