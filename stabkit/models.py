@@ -83,14 +83,10 @@ def _plain_init(module: nn.Module, generator: torch.Generator) -> None:
             if isinstance(m, nn.Conv2d | nn.Linear):
                 fan_in = m.weight[0].numel()
                 bound = 1.0 / math.sqrt(fan_in)
-                w = torch.rand(
-                    m.weight.shape, generator=generator, device=m.weight.device, dtype=m.weight.dtype
-                )
+                w = torch.rand(m.weight.shape, generator=generator, device=m.weight.device, dtype=m.weight.dtype)
                 m.weight.copy_((2 * w - 1) * bound)
                 if m.bias is not None:
-                    b = torch.rand(
-                        m.bias.shape, generator=generator, device=m.bias.device, dtype=m.bias.dtype
-                    )
+                    b = torch.rand(m.bias.shape, generator=generator, device=m.bias.device, dtype=m.bias.dtype)
                     m.bias.copy_((2 * b - 1) * bound)
 
 
