@@ -108,7 +108,8 @@ class LipschitzNet(nn.Module):
         size: a key of :data:`SIZES` (case-insensitive) or a :class:`NetSize`.
         kernel_size: odd kernel size of the conv layers.
         pool: pooling window (4 in the papers; 1 = no pooling).
-        n_iter: Gram-power steps for ``"sr"`` (default 3) and ``"sll"`` (default 1).
+        n_iter: Gram-power steps for ``"sr"`` (default 2: the conv cost grows fast with it, see
+            :class:`~stabkit.layers.SRConv2d`) and ``"sll"`` (default 1).
         mean, std: optional per-channel (per-feature) input normalisation.
         generator: random generator for the initialisation (``None`` = seeded 0).
 
@@ -213,7 +214,7 @@ class LipschitzNet(nn.Module):
         if self.layer == "aol":
             return nn.Sequential(AOLConv2d(c, c, k, **lk), MaxMin())
         if self.layer == "sr":
-            return nn.Sequential(SRConv2d(c, c, k, n_iter=n_iter or 3, **lk), MaxMin())
+            return nn.Sequential(SRConv2d(c, c, k, n_iter=n_iter or 2, **lk), MaxMin())
         lk = {k_: v for k_, v in lk.items() if k_ != "generator"}
         return _PlainResidualConv(c, k, **lk)
 
@@ -225,7 +226,7 @@ class LipschitzNet(nn.Module):
         if self.layer == "aol":
             return nn.Sequential(AOLLinear(d, d, **lk), MaxMin())
         if self.layer == "sr":
-            return nn.Sequential(SRLinear(d, d, n_iter=n_iter or 3, **lk), MaxMin())
+            return nn.Sequential(SRLinear(d, d, n_iter=n_iter or 2, **lk), MaxMin())
         lk = {k_: v for k_, v in lk.items() if k_ != "generator"}
         return _PlainResidualLinear(d, inner, **lk)
 
