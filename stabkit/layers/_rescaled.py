@@ -133,8 +133,9 @@ class SRConv2d(nn.Module):
     Gram operator ``KᵀK`` through its Gram kernel (Note [Gram bound] in ``_common.py``). The bound holds on
     the infinite grid, hence for every input size, zero padding and any stride (a strided conv is a row
     selection of the stride-1 one). ``n_iter = 1`` is exactly :class:`AOLConv2d`; each further step
-    self-convolves a (c_in, c_in, s, s) kernel whose support doubles, so keep ``n_iter`` small (2–3) for 3×3
-    kernels.
+    self-convolves a (c_in, c_in, s, s) kernel whose support doubles (3×3: s = 5, 9, 17, ...), at a cost of about
+    c_in³·s_out²·s² multiply-adds: ``n_iter = 2`` adds ~20 % to a training step at 64 channels, batch 32, 32×32
+    (CPU), ``n_iter = 3`` is about 5× dearer again. Keep ``n_iter = 2`` for 3×3 kernels unless channels are few.
 
     Args:
         in_channels: channels of the input.
