@@ -24,7 +24,7 @@ from stabkit.layers import (
     conv_norm_bound,
     export_plain,
 )
-from stabkit.layers._common import gram_bound, gram_kernel
+from stabkit.layers._common import conv_gram_bound, gram_bound, gram_kernel
 
 D = torch.float64
 TOL = 1e-6
@@ -63,6 +63,21 @@ def jacobian_norm_power(f, x: torch.Tensor, *, n_iter: int = 50, seed: int = 0) 
         s = float(jv.norm())
         (v,) = vjp_fn(jv)
     return s
+
+
+def fourier_gram_bound(kernel: torch.Tensor, *, n_iter: int, log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Independent reference for the Gram-power row sums: the symbol of (KKᵀ)^(2^(T−1)) is (K̂K̂ᴴ)^(2^(T−1)); a DFT
+    of size 2^(T−1)(2k − 2) + 1 per axis holds the whole support of its kernel, so the inverse DFT is exact."""
+    kh, kw = kernel.shape[-2:]
+    nh, nw = (2 ** (n_iter - 1) * (2 * k - 2) + 1 for k in (kh, kw))
+    b = torch.fft.fft2(kernel.to(D), s=(nh, nw)).permute(2, 3, 0, 1)  # (nh, nw, n, m)
+    g = b @ b.mH
+    for _ in range(n_iter - 1):
+        g = g @ g
+    m = torch.fft.ifft2(g.permute(2, 3, 0, 1)).real  # (n, n, nh, nw)
+    a = m.abs().sum(dim=(2, 3))
+    q = torch.ones(a.shape[0], dtype=D) if log_q is None else torch.exp(log_q.to(D))
+    return ((a @ q) / q) ** (2.0 ** (-(n_iter - 1)))
 
 
 def conv_matrix(conv, c: int, n: int) -> torch.Tensor:
@@ -217,6 +232,9 @@ def test_gram_bound_dominates_gram_operator(n_iter):
         k = torch.randn(inner, c, 3, 3, generator=g, dtype=D)
         log_q = torch.randn(inner, generator=g, dtype=D)
         t = gram_bound(gram_kernel(k), n_iter=n_iter, log_q=log_q)
+        # direct self-convolution (the layers) and Fourier-domain powers (independent) agree
+        torch.testing.assert_close(conv_gram_bound(k, n_iter=n_iter, log_q=log_q), t, rtol=0, atol=0)
+        torch.testing.assert_close(fourier_gram_bound(k, n_iter=n_iter, log_q=log_q), t, rtol=1e-9, atol=0)
         a = conv_matrix(lambda z, k=k: F.conv2d(z, k, padding=1), c, n)
         gap = torch.diag(t.repeat_interleave(n * n)) - a @ a.T
         assert torch.linalg.eigvalsh(gap).min().item() >= -1e-10
@@ -440,3 +458,15 @@ def test_cpl_bound_made_under_inference_mode_is_usable_with_autograd():
     y.sum().backward()
     torch.testing.assert_close(y.detach(), y0.clone())
     assert xr.grad is not None
+
+
+def test_gram_power_matches_fourier_reference_for_rectangular_and_float32():
+    g = gen(23)
+    for shape in [(4, 3, 3, 5), (2, 6, 1, 3), (5, 5, 5, 5)]:
+        k = torch.randn(shape, generator=g, dtype=D)
+        for n_iter in (1, 2, 3):
+            ref = fourier_gram_bound(k, n_iter=n_iter)
+            torch.testing.assert_close(conv_gram_bound(k, n_iter=n_iter), ref, rtol=1e-9, atol=0)
+            t32 = conv_gram_bound(k.float(), n_iter=n_iter)
+            assert t32.dtype == torch.float32
+            torch.testing.assert_close(t32.double(), ref, rtol=1e-5, atol=0)

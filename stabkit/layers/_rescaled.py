@@ -16,7 +16,7 @@ from torch import nn
 
 from stabkit._checks import check_positive_int
 
-from ._common import fan_in_bound, gram_bound, gram_kernel, normal_, pair_odd, uniform_
+from ._common import conv_gram_bound, fan_in_bound, gram_bound, normal_, pair_odd, uniform_
 
 
 class SRLinear(nn.Module):
@@ -194,8 +194,7 @@ class SRConv2d(nn.Module):
     def rescaling(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Input-channel scales ``d`` (in_channels,) with ``‖conv(K ⊙ d)‖₂ ≤ 1``."""
         w = self.weight if weight is None else weight
-        g = gram_kernel(w.transpose(0, 1))  # (c_in, c_in, 2kh−1, 2kw−1): kernel of KᵀK
-        return gram_bound(g, n_iter=self.n_iter).rsqrt()
+        return conv_gram_bound(w.transpose(0, 1), n_iter=self.n_iter).rsqrt()  # KᵀK: Gram on the input side
 
     def effective_weight(self) -> torch.Tensor:
         """The kernel ``K ⊙ d`` actually applied, (out, in, kh, kw)."""

@@ -14,7 +14,7 @@ from torch import nn
 
 from stabkit._checks import check_positive_int
 
-from ._common import fan_in_bound, gram_bound, gram_kernel, normal_, pair_odd, uniform_
+from ._common import conv_gram_bound, fan_in_bound, gram_bound, normal_, pair_odd, uniform_
 
 
 class SLLLinear(nn.Module):
@@ -158,7 +158,7 @@ class SLLConv2d(nn.Module):
 
     def gram_diagonal(self) -> torch.Tensor:
         """The diagonal ``t`` (inner_channels,) with ``KKᵀ ⪯ diag(t)`` as operators."""
-        return gram_bound(gram_kernel(self.weight), n_iter=self.n_iter, log_q=self.log_q)
+        return conv_gram_bound(self.weight, n_iter=self.n_iter, log_q=self.log_q)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))  # (B, inner, H, W)
