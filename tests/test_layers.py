@@ -22,6 +22,7 @@ from stabkit.layers import (
     SRConv2d,
     SRLinear,
     conv_norm_bound,
+    dense_norm_bound,
     export_plain,
 )
 from stabkit.layers._common import conv_gram_bound, gram_bound, gram_kernel
@@ -470,3 +471,14 @@ def test_gram_power_matches_fourier_reference_for_rectangular_and_float32():
             t32 = conv_gram_bound(k.float(), n_iter=n_iter)
             assert t32.dtype == torch.float32
             torch.testing.assert_close(t32.double(), ref, rtol=1e-5, atol=0)
+
+
+def test_float32_bounds_are_rounded_up():
+    g = gen(24)
+    for _ in range(20):
+        w = torch.randn(5, 4, generator=g)
+        b32 = dense_norm_bound(w)
+        assert b32.dtype == torch.float32
+        assert b32.double() >= torch.linalg.matrix_norm(w.double(), ord=2)
+        k = torch.randn(2, 3, 3, 3, generator=g)
+        assert conv_norm_bound(k).double() >= conv_norm_bound(k.double())

@@ -60,10 +60,18 @@ def _is_wrapped(t: torch.Tensor) -> bool:
     )
 
 
+def _round_up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast a float64 upper bound to ``dtype`` without rounding it down (the cast rounds to nearest)."""
+    y = x.to(dtype)
+    if dtype == torch.float64:
+        return y
+    return torch.where(y.to(torch.float64) < x, torch.nextafter(y, torch.full_like(y, math.inf)), y)
+
+
 def dense_norm_bound(weight: torch.Tensor) -> torch.Tensor:
     """Certified upper bound of ‖W‖₂ (float64 SVD with rounding slack); same dtype as ``weight``."""
     s = torch.linalg.matrix_norm(weight.to(torch.float64), ord=2)
-    return (s * _SVD_SLACK).to(weight.dtype)
+    return _round_up(s * _SVD_SLACK, weight.dtype)
 
 
 def _block_norms(kernel: torch.Tensor, omegas: torch.Tensor) -> torch.Tensor:
@@ -113,7 +121,7 @@ def conv_norm_bound(kernel: torch.Tensor, *, n_eval: int = 32, refine: int = 4) 
     fine_nodes = (nodes[keep][:, None, :] + offsets[None]).reshape(-1, 2)
     fine = _block_norms(kernel, fine_nodes).max()
     tau_f = tau_c / refine
-    return (torch.maximum(fine, coarse.max()) * _SVD_SLACK / (1.0 - tau_f * tau_f / 2.0)).to(kernel.dtype)
+    return _round_up(torch.maximum(fine, coarse.max()) * _SVD_SLACK / (1.0 - tau_f * tau_f / 2.0), kernel.dtype)
 
 
 class _CPLBase(nn.Module):
