@@ -56,12 +56,12 @@ def make_layers(c: int, device: torch.device) -> dict[str, nn.Module]:
     return {k: v.to(device).train() for k, v in layers.items()}
 
 
-def make_step(layer: nn.Module, x: torch.Tensor, target: torch.Tensor):
+def make_step(layer: nn.Module, x: torch.Tensor, target: torch.Tensor, *, input_grad: bool = True):
     opt = torch.optim.SGD(layer.parameters(), lr=1e-4)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        xi = x.detach().requires_grad_(True)
+        xi = x.detach().requires_grad_(input_grad)
         loss = (layer(xi) * target).sum()  # a linear loss: its backward adds nothing of note
         loss.backward()
         opt.step()
@@ -100,6 +100,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument(
+        "--no-input-grad", action="store_true", help="input without gradient, as for the first layer of a network"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,7 +112,8 @@ def main() -> None:
     x = torch.randn(shape, generator=g, device=device)
     target = torch.randn(shape, generator=g, device=device)
     layers = make_layers(args.channels, device)
-    steps = {name: make_step(layer, x, target) for name, layer in layers.items()}
+    input_grad = not args.no_input_grad
+    steps = {name: make_step(layer, x, target, input_grad=input_grad) for name, layer in layers.items()}
 
     def sync() -> None:
         if device.type == "cuda":
@@ -133,7 +137,7 @@ def main() -> None:
         memory[name] = cuda_peak(steps[name], device) if device.type == "cuda" else saved_bytes(layer, x)
 
     print(f"{machine_info()} | device {device}")
-    print(f"train step (forward + backward + SGD), batch {shape}, 3x3, input requires grad; {args.reps} reps")
+    print(f"train step (forward + backward + SGD), batch {shape}, 3x3, input grad {input_grad}; {args.reps} reps")
     mem_label = "peak MiB" if device.type == "cuda" else "saved MiB"
     print(f"{'layer':<22}{'median ms':>11}{'min ms':>9}{'ratio':>8}{mem_label:>11}{'mem ratio':>11}")
     ref_t = statistics.median(times["nn.Conv2d"])
