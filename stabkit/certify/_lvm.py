@@ -239,7 +239,7 @@ def lvm_certify(
     n_maps = 1 + len(kinds) * len(temps)
     alpha_map = alpha / n_maps if selection == "bonferroni-maps" else alpha
     fields = {k: [] for k in LVMCertificate._fields}
-    for i in range(len(log)):
+    for i in range(log.n_points):
         est = _candidates(
             log.counts_estimation[i], log.mean_estimation[i], log.var_estimation[i], n=log.n,
             alpha_map=alpha_map, sigma=sigma, temperatures=temps, kinds=kinds, lipschitz=lipschitz,

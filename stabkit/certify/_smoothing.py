@@ -98,7 +98,8 @@ class SmoothingLog(NamedTuple):
     def num_classes(self) -> int:
         return int(self.counts_estimation.shape[1])
 
-    def __len__(self) -> int:
+    @property
+    def n_points(self) -> int:
         return int(self.counts_estimation.shape[0])
 
     def subset(self, index: np.ndarray | slice) -> SmoothingLog:
@@ -216,7 +217,8 @@ class Smooth:
             point = torch.arange(start, stop, device=x.device) // n  # (m,) test point of each row
             if self.exact_linear:
                 eps = torch.randn((stop - start, self.num_classes), generator=generator, device=x.device)
-                logits = torch.addmm(clean[point], eps.to(x.dtype), root.T, alpha=self.sigma)
+                # (m, C); not torch.addmm: its float64 kernel is ~100x slower here on CPU
+                logits = clean[point] + self.sigma * (eps.to(x.dtype) @ root.T)
             else:
                 noise = torch.randn(
                     (stop - start, *shape), generator=generator, device=x.device, dtype=x.dtype
@@ -340,7 +342,7 @@ class Smooth:
         """
         alpha = check_probability("alpha", alpha)
         log = self.sample(x, n0=0, n=n, batch_size=batch_size, generator=generator)
-        prediction = np.full(len(log), ABSTAIN, dtype=np.int64)
+        prediction = np.full(log.n_points, ABSTAIN, dtype=np.int64)
         for i, counts in enumerate(log.counts_estimation):
             top2 = np.argsort(counts, kind="stable")[::-1][:2]
             k1, k2 = int(counts[top2[0]]), int(counts[top2[1]])
@@ -437,7 +439,7 @@ def certify_from_log(
         raise ValueError(
             f"interval={interval!r} selects the top class on selection samples: sample with n0 > 0"
         )
-    n_points = len(log)
+    n_points = log.n_points
     prediction = np.full(n_points, ABSTAIN, dtype=np.int64)
     radius = np.zeros(n_points)
     p_a = np.zeros(n_points)
