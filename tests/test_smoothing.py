@@ -1,8 +1,8 @@
 """Tests of stabkit.certify._smoothing: sampling, PREDICT/CERTIFY, logs, Gaussian augmentation.
 
-Ground truth: a two-class linear classifier f(x) = argmax(Wx + b) is its own smoothed classifier, and its exact
-robust radius at x is the distance to the hyperplane, d(x) = |w·x + c| / ‖w‖ (w = W_0 − W_1, c = b_0 − b_1); the top
-class has probability Φ(d(x)/σ) under noise (Cohen et al. 2019, §3.1).
+Ground truth: a two-class linear classifier f(x) = argmax(Wx + b) is its own smoothed classifier, and its
+exact robust radius at x is the distance to the hyperplane, d(x) = |w·x + c| / ‖w‖ (w = W_0 − W_1, c = b_0 −
+b_1); the top class has probability Φ(d(x)/σ) under noise (Cohen et al. 2019, §3.1).
 """
 
 import math
@@ -132,7 +132,8 @@ def test_same_generator_same_certificate():
 
 
 def test_noise_stream_spans_points():
-    # with batch_size = n every forward batch holds one point: sampling two points at once continues the stream
+    # with batch_size = n every forward batch holds one point: sampling two points at once continues the
+    # stream
     model = torch.nn.Sequential(torch.nn.Linear(4, 3))
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
     smooth = Smooth(model, 3, 1.0)
@@ -155,13 +156,14 @@ def test_certify_is_sample_then_cohen():
     assert isinstance(cert, Certificate)
     for fa, fb in zip(cert, again, strict=True):
         assert torch.equal(fa, fb)
-    # Cohen: p_a is the one-sided Clopper–Pearson lower bound of the selected class (scipy's exact beta quantile)
+    # Cohen: p_a is the one-sided Clopper–Pearson lower bound of the selected class (scipy's exact beta
+    # quantile)
     for i in range(len(x)):
         top = int(np.argmax(log.counts_selection[i]))
         k = int(log.counts_estimation[i, top])
         low = stats.beta.ppf(0.01, k, 400 - k + 1) if k > 0 else 0.0
         assert math.isclose(float(cert.p_a[i]), low, rel_tol=1e-9, abs_tol=1e-12)
-        expected = 0.5 * math.sqrt(1) * stats.norm.ppf(low) / 0.5 * 0.5 if low > 0.5 else 0.0
+        expected = 0.5 * stats.norm.ppf(low) if low > 0.5 else 0.0  # σ = 0.5
         assert math.isclose(float(cert.radius[i]), expected, rel_tol=1e-9, abs_tol=1e-12)
 
 
@@ -194,7 +196,8 @@ def test_predict_uses_two_sided_binomial_test():
 
 
 def test_reference_cohen_radius():
-    # [C] THESIS §7: one-sided CP lower bound of 99 000 / 100 000 at α = 0.001 is 0.988989 ⇒ R_mono(σ=0.25) = 0.5725
+    # [C] THESIS §7: one-sided CP lower bound of 99 000 / 100 000 at α = 0.001 is 0.988989 ⇒ R_mono(σ=0.25) =
+    # 0.5725
     log = SmoothingLog(
         sigma=0.25, n0=100, n=100_000, labels=np.array([0]),
         counts_selection=np.array([[100, 0]]), counts_estimation=np.array([[99_000, 1_000]]),
