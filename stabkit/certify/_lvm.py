@@ -134,9 +134,7 @@ def _multi_lip(p_a: np.ndarray, p_b: np.ndarray, sigma: float, lipschitz: np.nda
 
     out = np.full(np.shape(p_a), -np.inf)
     for idx in zip(*np.nonzero((p_a > 0) & (p_b < 1) & (p_b > 0) & (p_a > p_b)), strict=True):
-        out[idx] = float(
-            radius_multi_lip(float(p_a[idx]), float(p_b[idx]), sigma=sigma, lipschitz=lipschitz[idx])
-        )
+        out[idx] = float(radius_multi_lip(float(p_a[idx]), float(p_b[idx]), sigma=sigma, lipschitz=lipschitz[idx]))
     return out
 
 
@@ -145,12 +143,11 @@ def _candidates(counts, mean, var, *, n, alpha_map, sigma, temperatures, kinds, 
 
     Candidate order: [argmax/multi] + [(k, t)/multi for all k, t] + [(k, t)/margin] (+ [(k, t)/multi-lip]).
     """
-    from stabkit.certify._intervals import bernstein_shift, clopper_pearson
+    from stabkit.certify._intervals import bernstein_shift, bonferroni_bounds
 
     num_classes = counts.shape[-1]
-    # argmax map: Clopper–Pearson, Bonferroni over classes (two-sided at 2α/C, i.e. α/C each side, as
-    # published)
-    low, high = clopper_pearson(counts, n, alpha=2 * alpha_map / num_classes, sided="two")
+    # argmax map: one-sided Clopper–Pearson at α/C per class (the published two-sided 2α/C)
+    low, high = bonferroni_bounds(counts, alpha=alpha_map)
     top_am, pa_am, pb_am = _bounds_top_two(np.asarray(low, float), np.asarray(high, float))
     # soft maps: empirical Bernstein at α/C per class
     shift = np.asarray(bernstein_shift(np.sqrt(var), n, alpha=alpha_map / num_classes), dtype=np.float64)
@@ -164,9 +161,7 @@ def _candidates(counts, mean, var, *, n, alpha_map, sigma, temperatures, kinds, 
     pas = [np.array([pa_am]), p_a.ravel(), p_a.ravel()]
     pbs = [np.array([pb_am]), p_b.ravel(), p_b.ravel()]
     if lipschitz is not None:
-        lip = (
-            np.array([MAP_LIPSCHITZ[k] for k in kinds])[:, None] * temperatures[None, :] * lipschitz
-        )  # (K, T)
+        lip = np.array([MAP_LIPSCHITZ[k] for k in kinds])[:, None] * temperatures[None, :] * lipschitz  # (K, T)
         radii.append(_multi_lip(p_a, p_b, sigma, lip).ravel())
         tops.append(top.ravel())
         pas.append(p_a.ravel())
@@ -228,9 +223,7 @@ def lvm_certify(
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if log.mean_estimation is None:
-        raise ValueError(
-            "the log has no LVM statistics: sample it with Smooth.sample(..., temperatures=TEMPERATURES)"
-        )
+        raise ValueError("the log has no LVM statistics: sample it with Smooth.sample(..., temperatures=TEMPERATURES)")
     if selection == "separate-samples" and (log.mean_selection is None or log.n0 < 2):
         raise ValueError("selection='separate-samples' needs LVM statistics of n0 >= 2 selection samples")
     if lipschitz is not None:

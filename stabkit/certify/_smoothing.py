@@ -17,7 +17,6 @@ and the point's position in ``x``: the same generator state and ``batch_size`` g
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -41,7 +40,8 @@ DEFAULT_N0 = 100
 DEFAULT_N = 100_000
 DEFAULT_ALPHA = 0.001
 
-INTERVALS = ("cohen", "bonferroni", "cpm")
+#: Interval methods of :func:`certify_from_log` (those of :func:`stabkit.certify.class_bounds`).
+INTERVALS = ("cohen", "bonferroni", "max_upper", "cpm", "uncorrected")
 
 
 class Certificate(NamedTuple):
@@ -106,9 +106,7 @@ class SmoothingLog(NamedTuple):
         """The log of a subset of the test points (``index`` into the batch axis)."""
         per_point = ("labels", "counts_selection", "counts_estimation")
         per_point += ("mean_selection", "var_selection", "mean_estimation", "var_estimation")
-        return self._replace(
-            **{k: getattr(self, k)[index] for k in per_point if getattr(self, k) is not None}
-        )
+        return self._replace(**{k: getattr(self, k)[index] for k in per_point if getattr(self, k) is not None})
 
 
 class _Accumulator:
@@ -220,9 +218,7 @@ class Smooth:
                 # (m, C); not torch.addmm: its float64 kernel is ~100x slower here on CPU
                 logits = clean[point] + self.sigma * (eps.to(x.dtype) @ root.T)
             else:
-                noise = torch.randn(
-                    (stop - start, *shape), generator=generator, device=x.device, dtype=x.dtype
-                )
+                noise = torch.randn((stop - start, *shape), generator=generator, device=x.device, dtype=x.dtype)
                 logits = self._logits(noise.mul_(self.sigma).add_(x[point]))  # (m, C)
             accumulators.add(point, logits)
 
@@ -267,9 +263,7 @@ class Smooth:
         if labels is None:
             labels_np = np.full(n_points, -1, dtype=np.int64)
         else:
-            labels_np = np.asarray(
-                labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64
-            )
+            labels_np = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64)
             if labels_np.shape != (n_points,):
                 raise ValueError(f"labels must have shape ({n_points},), got {labels_np.shape}")
         temps = None
@@ -393,73 +387,52 @@ class Smooth:
 
 
 # ---------------------------------------------------------------------- certification from a log
-def _bonferroni(counts: np.ndarray, alpha: float):
-    """Top class and (p_a, p_b) with Clopper–Pearson bounds Bonferroni-corrected over the C classes."""
-    from stabkit.certify._intervals import bonferroni_bounds
-
-    return bonferroni_bounds(counts, alpha=alpha)
-
-
-def certify_from_log(
-    log: SmoothingLog, *, alpha: float = DEFAULT_ALPHA, interval: str = "cohen"
-) -> Certificate:
+def certify_from_log(log: SmoothingLog, *, alpha: float = DEFAULT_ALPHA, interval: str = "cohen") -> Certificate:
     """Certify every point of a log with one interval method, without sampling again.
 
-    Each method holds with probability at least ``1 - alpha`` per point:
+    The top class is the argmax of the selection counts; the bounds come from the estimation counts
+    (:func:`stabkit.certify.class_bounds`), and the radius is ``R_multi = σ/2 (Φ⁻¹(p_a) − Φ⁻¹(p_b))``, which is
+    Cohen's ``R_mono = σ Φ⁻¹(p_a)`` when ``p_b = 1 − p_a``. Abstain when it is not positive. Methods, each
+    valid with probability at least ``1 - alpha`` per point except ``"uncorrected"``:
 
-    * ``"cohen"``: top class from the selection counts, one-sided Clopper–Pearson lower bound ``p_a`` on its
-      estimation count, ``R_mono = σ Φ⁻¹(p_a)``; abstain if ``p_a ≤ ½`` (Cohen et al. 2019).
-    * ``"bonferroni"``: Clopper–Pearson bounds on every class at level ``alpha / C``, ``p_a`` on the top class
-      and ``p_b`` the largest upper bound of the others, ``R_multi = σ/2 (Φ⁻¹(p_a) − Φ⁻¹(p_b))``.
-    * ``"cpm"``: class partitioning of the selection counts into buckets, ``alpha / #buckets``, then
-      ``R_multi`` (``R_mono`` with one bucket) (Delattre et al. 2025).
+    * ``"cohen"``: one-sided Clopper–Pearson ``p_a`` at ``alpha``, ``p_b = 1 − p_a`` (Cohen et al. 2019).
+    * ``"bonferroni"``: every class at ``alpha / C``; ``p_b`` the largest upper bound of the other classes.
+    * ``"max_upper"``: ``p_a`` and the largest other upper bound, each at ``alpha / 2``.
+    * ``"cpm"``: class partitioning of the selection counts into buckets, ``alpha / #buckets`` (Delattre et
+      al. 2025).
+    * ``"uncorrected"``: ``p_a`` and the upper bounds at ``alpha`` each: can fail with probability up to
+      ``2 alpha``; kept to show what the corrections buy.
 
     Args:
-        log: a :class:`SmoothingLog` (``"cohen"`` and ``"cpm"`` need ``n0 > 0``).
+        log: a :class:`SmoothingLog` with selection counts (``n0 > 0``).
         alpha: failure probability.
-        interval: ``"cohen"``, ``"bonferroni"`` or ``"cpm"``.
+        interval: one of ``INTERVALS``.
 
     Returns:
         :class:`Certificate` of CPU tensors, one entry per point.
 
     Raises:
-        ValueError: unknown ``interval``, or a method needing selection counts on a log without them.
+        ValueError: unknown ``interval``, or a log without selection counts.
 
     References:
         Cohen et al., ICML 2019; Delattre, Caillon, Barthélemy, Fagnou, Allauzen, "Bridging the Theoretical
         Gap in Randomized Smoothing", AISTATS 2025 (arXiv 2504.02412); thesis chapter 6.
     """
-    from stabkit.certify._intervals import clopper_pearson, cpm_bounds
-    from stabkit.certify._radii import radius_mono, radius_multi
+    from stabkit.certify._intervals import class_bounds
+    from stabkit.certify._radii import radius_multi
 
     alpha = check_probability("alpha", alpha)
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
-    if interval in ("cohen", "cpm") and log.n0 == 0:
-        raise ValueError(
-            f"interval={interval!r} selects the top class on selection samples: sample with n0 > 0"
-        )
-    n_points = log.n_points
-    prediction = np.full(n_points, ABSTAIN, dtype=np.int64)
-    radius = np.zeros(n_points)
-    p_a = np.zeros(n_points)
-    p_b = np.ones(n_points)
-    for i in range(n_points):
-        counts = log.counts_estimation[i]
-        if interval == "cohen":
-            top = int(np.argmax(log.counts_selection[i]))
-            low, _ = clopper_pearson(int(counts[top]), log.n, alpha=alpha, sided="lower")
-            pa, pb, mono = float(low), 1.0 - float(low), True
-        elif interval == "bonferroni":
-            pa, pb, top = _bonferroni(counts, alpha)
-            mono = False
-        else:
-            pa, pb, n_buckets, top = cpm_bounds(log.counts_selection[i], counts, alpha=alpha)
-            mono = n_buckets < 2
-        r = float(radius_mono(pa, sigma=log.sigma)) if mono else float(radius_multi(pa, pb, sigma=log.sigma))
-        p_a[i], p_b[i] = pa, pb
-        if r > 0 and math.isfinite(r):
-            prediction[i], radius[i] = int(top), r
+    if log.n0 == 0:
+        raise ValueError("certify_from_log selects the top class on selection samples: sample with n0 > 0")
+    bounds = class_bounds(log.counts_selection, log.counts_estimation, alpha=alpha, method=interval)
+    p_a = np.asarray(bounds.p_a, dtype=np.float64).reshape(-1)  # (B,)
+    p_b = np.asarray(bounds.p_b, dtype=np.float64).reshape(-1)
+    radius = np.asarray(radius_multi(p_a, p_b, sigma=log.sigma), dtype=np.float64).reshape(-1)
+    certified = np.isfinite(radius) & (radius > 0)
+    prediction = np.where(certified, np.asarray(bounds.top_class).reshape(-1), ABSTAIN).astype(np.int64)
+    radius = np.where(certified, radius, 0.0)
     return Certificate(*(torch.from_numpy(a) for a in (prediction, radius, p_a, p_b)))
 
 
@@ -498,9 +471,7 @@ def load_log(path: str | Path) -> SmoothingLog:
     with np.load(Path(path), allow_pickle=False) as data:
         fields = {k: data[k] for k in _LOG_ARRAYS if k in data}
         kinds = tuple(str(s) for s in data["map_kinds"]) if "map_kinds" in data else None
-        return SmoothingLog(
-            sigma=float(data["sigma"]), n0=int(data["n0"]), n=int(data["n"]), map_kinds=kinds, **fields
-        )
+        return SmoothingLog(sigma=float(data["sigma"]), n0=int(data["n0"]), n=int(data["n"]), map_kinds=kinds, **fields)
 
 
 # ---------------------------------------------------------------------- training
