@@ -197,6 +197,13 @@ def lvm_certify(
     candidate of largest radius, chosen as ``selection`` says (Note [map selection]); abstain when it is not
     positive.
 
+    Two details differ from the official code, both on the safe side: the variance is the unbiased variance
+    over all ``n`` samples (the official code averages per-batch variances, which misses the between-batch
+    part), and ``p_b`` is the largest upper bound among the classes other than the top one (the official code
+    takes the second largest upper bound overall, which is smaller when the top class's upper bound is not the
+    largest). The margin radius holds because the smoothed map, with values in the simplex (ℓ2 diameter √2),
+    is ``1/(σ√π)``-Lipschitz; the margin certificate ``margin / (√2 L)`` then gives ``(p_a − p_b) σ √(π/2)``.
+
     Args:
         log: a ``SmoothingLog`` with LVM statistics (``"separate-samples"`` also needs them for the selection
             samples, i.e. ``n0 > 1``).
