@@ -70,6 +70,13 @@ def test_sparsemax_properties():
     torch.testing.assert_close(p, sparsemax(z.transpose(1, 2)).transpose(1, 2))
 
 
+def test_sparsemax_huge_logits_in_float32():
+    z = torch.tensor([[0.3, -1.2, 0.1, 2.0]], dtype=torch.float32) * 1e7
+    torch.testing.assert_close(sparsemax(z), torch.tensor([[0.0, 0.0, 0.0, 1.0]]))
+    tied = torch.tensor([[5.0, 5.0, -1.0]]) * 1e7
+    torch.testing.assert_close(sparsemax(tied), torch.tensor([[0.5, 0.5, 0.0]]))
+
+
 def test_simplex_maps_shapes_and_limits():
     z = torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     temps = torch.tensor([0.5, 1.0, 1e7], dtype=torch.float64)
@@ -189,7 +196,5 @@ def test_bad_input():
     with pytest.raises(ValueError, match="lipschitz"):
         lvm_certify(log, lipschitz=-1.0)
     with pytest.raises(ValueError, match="map kinds"):
-        Smooth(torch.nn.Linear(2, 3), 3, 0.5).sample(
-            torch.zeros(1, 2), n=10, temperatures=[1.0], map_kinds=("x",)
-        )
+        Smooth(torch.nn.Linear(2, 3), 3, 0.5).sample(torch.zeros(1, 2), n=10, temperatures=[1.0], map_kinds=("x",))
     assert SELECTIONS[0] == "same-samples (published)"

@@ -141,9 +141,7 @@ def test_noise_stream_spans_points():
     g = torch.Generator().manual_seed(5)
     first = smooth.sample(x[:1], n0=0, n=300, batch_size=300, generator=g)
     second = smooth.sample(x[1:], n0=0, n=300, batch_size=300, generator=g)
-    assert np.array_equal(
-        both.counts_estimation, np.concatenate([first.counts_estimation, second.counts_estimation])
-    )
+    assert np.array_equal(both.counts_estimation, np.concatenate([first.counts_estimation, second.counts_estimation]))
 
 
 def test_certify_is_sample_then_cohen():
@@ -225,9 +223,7 @@ def test_reference_cpm_bonferroni_cohen():
     assert float(certify_from_log(log, alpha=0.001, interval="bonferroni").radius[0]) == pytest.approx(
         0.21002, abs=2e-5
     )
-    assert float(certify_from_log(log, alpha=0.001, interval="cohen").radius[0]) == pytest.approx(
-        0.10759, abs=2e-5
-    )
+    assert float(certify_from_log(log, alpha=0.001, interval="cohen").radius[0]) == pytest.approx(0.10759, abs=2e-5)
 
 
 def test_log_roundtrip(tmp_path):
@@ -238,15 +234,11 @@ def test_log_roundtrip(tmp_path):
     )
     path = save_log(log, tmp_path / "sub" / "log.npz")
     back = load_log(path)
-    assert (
-        back.sigma == log.sigma and back.n0 == log.n0 and back.n == log.n and back.map_kinds == log.map_kinds
-    )
+    assert back.sigma == log.sigma and back.n0 == log.n0 and back.n == log.n and back.map_kinds == log.map_kinds
     for name in ("labels", "counts_selection", "counts_estimation", "temperatures", "mean_estimation"):
         assert np.array_equal(getattr(back, name), getattr(log, name))
     assert back.mean_estimation.shape == (3, 2, 2, 3)
-    for fa, fb in zip(
-        certify_from_log(back, interval="cpm"), certify_from_log(log, interval="cpm"), strict=True
-    ):
+    for fa, fb in zip(certify_from_log(back, interval="cpm"), certify_from_log(log, interval="cpm"), strict=True):
         assert torch.equal(fa, fb)
     sub = log.subset(np.array([2]))
     assert sub.counts_estimation.shape == (1, 3) and sub.labels.tolist() == [2]

@@ -58,11 +58,13 @@ def sparsemax(z: torch.Tensor, *, dim: int = -1) -> torch.Tensor:
         Martins & Astudillo, "From Softmax to Sparsemax", ICML 2016 (arXiv 1602.02068), Algorithm 1.
     """
     z = z.transpose(dim, -1)
+    # shift-invariant: subtracting the max keeps 1 + z_(1) > z_(1) exact for huge logits (τ = 1e7 in float32)
+    z = z - z.max(dim=-1, keepdim=True).values
     zs, _ = torch.sort(z, dim=-1, descending=True)  # (..., C)
     k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
     cumsum = zs.cumsum(dim=-1)
     # support size: the largest k with 1 + k z_(k) > Σ_{j≤k} z_(j) (always true for k = 1)
-    support = (1 + k * zs > cumsum).sum(dim=-1, keepdim=True)  # (..., 1)
+    support = (1 + k * zs > cumsum).sum(dim=-1, keepdim=True).clamp_min(1)  # (..., 1)
     theta = (cumsum.gather(-1, support - 1) - 1) / support.to(z.dtype)
     return (z - theta).clamp_min(0).transpose(dim, -1)
 
