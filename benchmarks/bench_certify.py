@@ -19,7 +19,7 @@ are ours / forward (target ≥ 0.9) and ours / locuslab (target ≥ 1.0). Each m
 what it is compared with, on the same number of samples (medians over repeats after a warm-up), so that both
 see the same load on a shared CPU.
 
-Run: ``PYTHONPATH=$PWD python benchmarks/bench_certify.py [--threads 1] [--n 20000] [--repeats 5]``.
+Run: ``PYTHONPATH=$PWD python benchmarks/bench_certify.py [--threads 1] [--n 10000] [--repeats 5]``.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def smooth_maps():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable on a busy CPU)")
-    parser.add_argument("--n", type=int, default=20_000, help="estimation samples per point")
+    parser.add_argument("--n", type=int, default=10_000, help="estimation samples per point")
     parser.add_argument("--n0", type=int, default=100, help="selection samples per point")
     parser.add_argument("--points", type=int, default=8, help="test points certified together")
     parser.add_argument("--batch-size", type=int, default=1000, help="rows per forward pass")
