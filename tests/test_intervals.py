@@ -152,12 +152,8 @@ def test_bonferroni_bounds_are_clopper_pearson_at_alpha_over_c():
     b = bonferroni_bounds(counts, alpha=0.03)
     for row in range(2):
         for c in range(3):
-            assert b.low[row, c] == pytest.approx(
-                clopper_pearson(counts[row, c], 100, alpha=0.01, sided="lower").low
-            )
-            assert b.high[row, c] == pytest.approx(
-                clopper_pearson(counts[row, c], 100, alpha=0.01, sided="upper").high
-            )
+            assert b.low[row, c] == pytest.approx(clopper_pearson(counts[row, c], 100, alpha=0.01, sided="lower").low)
+            assert b.high[row, c] == pytest.approx(clopper_pearson(counts[row, c], 100, alpha=0.01, sided="upper").high)
 
 
 def test_cpm_thesis_values():
@@ -189,16 +185,30 @@ def test_cpm_two_buckets_is_cohen_mono():
     assert cpm.p_a == pytest.approx(cohen.p_a) and cpm.p_b == pytest.approx(1 - cohen.p_a)
 
 
-def test_cpm_vectorised_equals_rowwise():
+def _cpm_reference(sel, est, alpha):
+    """CPM for one test point, spelled out from the partition and scipy-backed Clopper–Pearson bounds."""
+    buckets = cpm_buckets(sel)
+    n = int(np.sum(est))
+    if len(buckets) == 2:
+        p_a = clopper_pearson(int(est[buckets[0][0]]), n, alpha=alpha, sided="lower").low
+        return p_a, 1 - p_a, 2, buckets[0][0]
+    side = alpha / len(buckets)
+    p_a = clopper_pearson(int(est[buckets[0][0]]), n, alpha=side, sided="lower").low
+    p_b = max(clopper_pearson(int(np.sum(est[b])), n, alpha=side, sided="upper").high for b in buckets[1:])
+    return p_a, p_b, len(buckets), buckets[0][0]
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 6])
+def test_cpm_vectorised_equals_reference(n_classes):
     rng = np.random.default_rng(3)
-    sel = rng.multinomial(20, [0.5, 0.3, 0.1, 0.1], size=6)
-    est = rng.multinomial(500, [0.5, 0.3, 0.1, 0.1], size=6)
+    probs = rng.dirichlet(np.full(n_classes, 0.7), size=40)
+    sel = np.array([rng.multinomial(15, p) for p in probs])
+    est = np.array([rng.multinomial(300, p) for p in probs])
     batch = cpm_bounds(sel, est, alpha=0.01)
-    for i in range(6):
-        row = cpm_bounds(sel[i], est[i], alpha=0.01)
-        assert (batch.p_a[i], batch.p_b[i], batch.n_buckets[i], batch.top_class[i]) == pytest.approx(
-            tuple(row)
-        )
+    for i in range(len(sel)):
+        ref = _cpm_reference(sel[i], est[i], 0.01)
+        got = (batch.p_a[i], batch.p_b[i], batch.n_buckets[i], batch.top_class[i])
+        assert got == pytest.approx(ref, abs=1e-12), (sel[i], est[i])
 
 
 def test_class_bounds_rejects_bad_input():
@@ -272,13 +282,8 @@ def _sequence_weights(probs: tuple, n: int) -> dict[tuple, float]:
 def _validity_by_enumerating_sequences(probs, n, side_alpha, criterion):
     """Independent reference: every sequence of n draws (C^n of them), bounds from scipy's binomtest."""
     n_classes = len(probs)
-    low = {
-        k: stats.binomtest(k, n, alternative="greater").proportion_ci(1 - side_alpha).low
-        for k in range(n + 1)
-    }
-    high = {
-        k: stats.binomtest(k, n, alternative="less").proportion_ci(1 - side_alpha).high for k in range(n + 1)
-    }
+    low = {k: stats.binomtest(k, n, alternative="greater").proportion_ci(1 - side_alpha).low for k in range(n + 1)}
+    high = {k: stats.binomtest(k, n, alternative="less").proportion_ci(1 - side_alpha).high for k in range(n + 1)}
     total = 0.0
     for counts, weight in _sequence_weights(tuple(probs), n).items():
         top = int(np.argmax(counts))
@@ -312,6 +317,16 @@ def test_bonferroni_counterexample_exact(criterion):
         assert ours == pytest.approx(value, abs=5e-6)
         reference = _validity_by_enumerating_sequences(probs, n, side_alpha, criterion)
         assert ours == pytest.approx(reference, abs=1e-12)
+
+
+def test_bonferroni_counterexample_thesis_reading():
+    """The one [C] number of the counter-example we can reproduce: Bonferroni 0.99966 is the probability of not
+    certifying a wrong class (criterion "class") with two-sided Clopper–Pearson at alpha / C, i.e. one-sided at
+    alpha / (2C) (our alpha = 0.025), top class chosen on the same 10 samples. The only failure is all ten draws
+    landing on the 0.45 class: 0.45^10."""
+    v = certificate_validity_probability([0.5, 0.05, 0.45], 10, alpha=0.025, method="bonferroni", criterion="class")
+    assert v == pytest.approx(0.99966, abs=5e-6)
+    assert v == pytest.approx(1 - 0.45**10, abs=1e-12)
 
 
 def test_multinomial_outcomes_enumerate_everything():

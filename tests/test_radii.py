@@ -25,9 +25,7 @@ def test_cohen_radii_closed_forms():
     p = np.array([0.3, 0.5, 0.75, 0.999])
     np.testing.assert_allclose(radius_mono(p, sigma=0.5), 0.5 * stats.norm.ppf(p), rtol=1e-14)
     np.testing.assert_allclose(radius_multi(p, 1 - p, sigma=0.5), radius_mono(p, sigma=0.5), atol=1e-14)
-    assert radius_multi(0.6, 0.3, sigma=1.0) == pytest.approx(
-        0.5 * (stats.norm.ppf(0.6) - stats.norm.ppf(0.3))
-    )
+    assert radius_multi(0.6, 0.3, sigma=1.0) == pytest.approx(0.5 * (stats.norm.ppf(0.6) - stats.norm.ppf(0.3)))
     assert radius_mono(0.5, sigma=1.0) == 0.0 and radius_mono(1.0, sigma=1.0) == math.inf
 
 
@@ -84,13 +82,8 @@ def test_lipschitz_radii_tend_to_cohen():
     cohen = radius_mono(p, sigma=0.5)
     np.testing.assert_array_equal(radius_mono_lip(p, sigma=0.5, lipschitz=math.inf), cohen)
     for method in ("local", "integrated"):
-        np.testing.assert_allclose(
-            radius_mono_lip(p, sigma=0.5, lipschitz=1e4, method=method), cohen, rtol=1e-4
-        )
-    errors = [
-        abs(radius_mono_lip(0.8, sigma=0.5, lipschitz=lip) - radius_mono(0.8, sigma=0.5))
-        for lip in (1, 4, 16)
-    ]
+        np.testing.assert_allclose(radius_mono_lip(p, sigma=0.5, lipschitz=1e4, method=method), cohen, rtol=1e-4)
+    errors = [abs(radius_mono_lip(0.8, sigma=0.5, lipschitz=lip) - radius_mono(0.8, sigma=0.5)) for lip in (1, 4, 16)]
     assert errors[0] > errors[1] > errors[2]
 
 
@@ -113,9 +106,7 @@ def test_local_lipschitz_increases_away_from_one_half():
             values = local_lipschitz(p, sigma=sigma, lipschitz=lip)
             assert np.all(np.diff(values) >= -1e-10)
             assert np.all(values <= 1 / sigma + 1e-12)
-            np.testing.assert_allclose(
-                local_lipschitz(1 - p[1:], sigma=sigma, lipschitz=lip), values[1:], rtol=1e-7
-            )
+            np.testing.assert_allclose(local_lipschitz(1 - p[1:], sigma=sigma, lipschitz=lip), values[1:], rtol=1e-7)
 
 
 def test_radius_multi_lip_reduces_to_mono_and_cohen():
@@ -198,6 +189,24 @@ def test_lipschitz_aware_gradient_bound_over_random_functions():
     assert derivative == pytest.approx(bound, rel=1e-4)
 
 
+def test_lipschitz_radii_broadcast_over_points_and_constants():
+    # one Lipschitz constant per test point (e.g. per simplex map and temperature), inf mixed in
+    p_a = np.array([[0.55, 0.8, 0.999], [0.6, 0.9, 0.2]])
+    p_b = np.array([[0.3, 0.1, 0.0005], [0.35, 0.05, 0.7]])
+    lip = np.array([[0.5, 2.0, math.inf], [1.0, 30.0, 4.0]])
+    for method in ("local", "integrated"):
+        mono = radius_mono_lip(p_a, sigma=0.5, lipschitz=lip, method=method)
+        multi = radius_multi_lip(p_a, p_b, sigma=0.5, lipschitz=lip, method=method)
+        for i, j in np.ndindex(p_a.shape):
+            one = radius_mono_lip(float(p_a[i, j]), sigma=0.5, lipschitz=float(lip[i, j]), method=method)
+            two = radius_multi_lip(
+                float(p_a[i, j]), float(p_b[i, j]), sigma=0.5, lipschitz=float(lip[i, j]), method=method
+            )
+            assert isinstance(one, float) and mono[i, j] == one and multi[i, j] == two
+    assert radius_mono_lip(0.999, sigma=0.5, lipschitz=math.inf) == radius_mono(0.999, sigma=0.5)
+    assert radius_mono_lip(0.2, sigma=0.5, lipschitz=1.0) < 0  # below 1/2: abstain
+
+
 def test_lipschitz_radii_reject_bad_input():
     with pytest.raises(ValueError, match="lipschitz"):
         radius_mono_lip(0.9, sigma=0.5, lipschitz=-1.0)
@@ -219,9 +228,7 @@ def test_smoothed_lipschitz_thesis_values():
     )
 
 
-@pytest.mark.parametrize(
-    "lip,r,sigma", [(1.0, 1.0, 0.5), (3.0, 1.0, 0.25), (0.5, 2.0, 1.0), (10.0, 1.0, 0.1)]
-)
+@pytest.mark.parametrize("lip,r,sigma", [(1.0, 1.0, 0.5), (3.0, 1.0, 0.25), (0.5, 2.0, 1.0), (10.0, 1.0, 0.1)])
 def test_smoothed_lipschitz_tight_constant_is_attained_by_the_centred_ramp(lip, r, sigma):
     # derivative at 0 of the smoothing of clip(r/2 + L x, 0, r) = L * P(|t| <= r / (2L)), by quadrature
     half = r / (2 * lip)
@@ -253,9 +260,7 @@ def test_smoothed_lipschitz_limits_and_order():
     assert official[-1] == pytest.approx(math.sqrt(2 / math.pi) / 0.5)  # Salman et al.'s constant
     assert tight[-2] == pytest.approx(tight[-1], rel=1e-9)
     # official = tight for twice the range
-    np.testing.assert_allclose(
-        official, smoothed_lipschitz_bound(lip, output_range=2.0, sigma=0.5), rtol=1e-12
-    )
+    np.testing.assert_allclose(official, smoothed_lipschitz_bound(lip, output_range=2.0, sigma=0.5), rtol=1e-12)
 
 
 def test_smoothed_lipschitz_rejects_bad_input():

@@ -27,7 +27,7 @@ Note [max of upper bounds]
     union over classes. Two events can fail (``p_a`` and ``high_{B*}``), so ``beta = alpha / 2`` gives a
     certificate at level ``alpha`` (method ``"max_upper"``). Dividing by ``C`` (``"bonferroni"``) or by the
     number of buckets (``"cpm"``) is valid too, but more than this protocol needs. Without any division
-    (``"uncorrected"``) the two failure events add up to nearly ``2 alpha``. This argument is ours
+    (``"uncorrected"``) the two failure events add up to as much as ``2 alpha``. This argument is ours
     (stabkit), not the thesis's; the tests check it by exact enumeration over random probability vectors.
 """
 
@@ -82,8 +82,8 @@ class CPMBounds(NamedTuple):
 
 
 class ClassBounds(NamedTuple):
-    """Lower bound ``p_a`` on the top class, upper bound ``p_b`` on the runner-up, chosen ``top_class``,
-    and ``n_tests``, the number of one-sided bounds ``alpha`` was split over."""
+    """Lower bound ``p_a`` on the top class, upper bound ``p_b`` on every other class, the ``top_class``
+    chosen on the selection counts, and ``n_tests``, the number of one-sided tests ``alpha`` was split over."""
 
     p_a: np.ndarray | float
     p_b: np.ndarray | float
@@ -117,7 +117,8 @@ def _counts(name: str, x: object) -> np.ndarray:
         raise ValueError(f"{name} must hold non-negative integer counts, got dtype {a.dtype}")
     a = a.astype(np.float64)
     if not np.all(np.isfinite(a)) or np.any(a < 0) or np.any(a != np.round(a)):
-        raise ValueError(f"{name} must hold non-negative integer counts (no NaN, no fractions), got {x!r}")
+        bad = a[~(np.isfinite(a) & (a >= 0) & (a == np.round(a)))].ravel()[:3]
+        raise ValueError(f"{name} must hold non-negative integer counts (no NaN, no fractions), got {bad.tolist()}")
     return a
 
 
@@ -167,8 +168,9 @@ def clopper_pearson(k: object, n: object, *, alpha: float, sided: str = "two") -
     ``low`` is a lower and ``high`` an upper confidence bound on the true probability ``p`` of ``k`` successes
     in ``n`` trials. Two-sided: ``P(low <= p <= high) >= 1 - alpha`` with ``alpha / 2`` on each side.
     ``"lower"``: ``P(low <= p) >= 1 - alpha`` and ``high = 1``. ``"upper"``: ``P(p <= high) >= 1 - alpha`` and
-    ``low = 0``. Computed from Beta quantiles (the same numbers as ``scipy.stats.binomtest(k,
-    n).proportion_ci(method="exact")``).
+    ``low = 0``. Computed from Beta quantiles with ``scipy.special.betaincinv`` (identical to
+    ``scipy.stats.beta.ppf``, once per distinct count); the tests check it against
+    ``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``.
 
     Args:
         k: number of successes, integer-valued, ``0 <= k <= n``; any shape.
@@ -357,9 +359,7 @@ def _partition(s: np.ndarray) -> tuple[tuple[int, ...], ...]:
     return tuple(buckets)
 
 
-def _cpm_given_buckets(
-    buckets: list[list[int]], est: np.ndarray, a: float
-) -> tuple[np.ndarray, np.ndarray, int]:
+def _cpm_given_buckets(buckets: list[list[int]], est: np.ndarray, a: float) -> tuple[np.ndarray, np.ndarray, int]:
     """CPM bounds for a fixed partition, vectorised over the rows of ``est`` (shape ``(M, C)``)."""
     n = est.sum(axis=-1)  # (M,)
     top = buckets[0][0]
@@ -373,6 +373,48 @@ def _cpm_given_buckets(
     bucket_counts = np.stack([est[:, b].sum(axis=-1) for b in buckets[1:]], axis=-1)  # (M, B - 1)
     p_b = _cp_upper(bucket_counts, np.broadcast_to(n[:, None], bucket_counts.shape), side_alpha).max(axis=-1)
     return p_a, p_b, len(buckets)
+
+
+def _cpm_vectorised(
+    sel: np.ndarray, est: np.ndarray, a: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CPM for every row of ``sel``/``est`` (shape ``(M, C)``) at once; same partition rule as
+    :func:`cpm_buckets`, expressed on the classes sorted by selection count."""
+    n_rows, n_classes = sel.shape
+    order = np.argsort(-sel, axis=1, kind="stable")  # (M, C), top class first, ties by index
+    s_sorted = np.take_along_axis(sel, order, axis=1)
+    e_sorted = np.take_along_axis(est, order, axis=1)
+    n = est.sum(axis=1)  # (M,)
+    runner_up = s_sorted[:, 1]
+    if n_classes > 2:
+        tail = np.cumsum(s_sorted[:, :1:-1], axis=1)[:, ::-1]  # (M, C - 2): mass of sorted positions >= 2 + i
+        n_single = (tail > runner_up[:, None]).sum(axis=1)  # tail is non-increasing: a prefix splits off
+    else:
+        n_single = np.zeros(n_rows, dtype=int)
+    has_rest = 2 + n_single < n_classes
+    complement = (runner_up == 0) | (n_classes == 2)  # {top} ∪ {rest}: one test at alpha, p_b = 1 - p_a
+    n_buckets = np.where(complement, 2, 2 + n_single + has_rest)
+    # bucket counts, one column per possible bucket after the top: sorted positions 1 .. C-1, then the rest
+    position = np.arange(1, n_classes)[None, :]  # (1, C - 1)
+    is_single = position <= (1 + n_single)[:, None]  # (M, C - 1): runner-up and split-off classes
+    rest_count = np.where(~is_single, e_sorted[:, 1:], 0.0).sum(axis=1)  # (M,)
+    counts = np.concatenate([e_sorted[:, 1:], rest_count[:, None]], axis=1)  # (M, C)
+    exists = np.concatenate([is_single, has_rest[:, None]], axis=1)  # (M, C)
+    p_a, p_b = np.empty(n_rows), np.empty(n_rows)
+    k_top = e_sorted[:, 0]
+    for b in np.unique(n_buckets):
+        rows = np.flatnonzero(n_buckets == b)
+        multi = rows[~complement[rows]]
+        single = rows[complement[rows]]
+        if single.size:
+            p_a[single] = _cp_lower(k_top[single], n[single], a)
+            p_b[single] = 1.0 - p_a[single]
+        if multi.size:
+            side_alpha = a / b
+            p_a[multi] = _cp_lower(k_top[multi], n[multi], side_alpha)
+            upper = _cp_upper(counts[multi], np.broadcast_to(n[multi, None], counts[multi].shape), side_alpha)
+            p_b[multi] = np.where(exists[multi], upper, -np.inf).max(axis=1)
+    return p_a, p_b, n_buckets, order[:, 0]
 
 
 def cpm_bounds(counts_selection: object, counts_estimation: object, *, alpha: float) -> CPMBounds:
@@ -411,24 +453,14 @@ def cpm_bounds(counts_selection: object, counts_estimation: object, *, alpha: fl
     sel = _counts("counts_selection", counts_selection)
     est = _counts("counts_estimation", counts_estimation)
     if sel.shape != est.shape:
-        raise ValueError(
-            f"counts_selection {sel.shape} and counts_estimation {est.shape} must have the same shape"
-        )
+        raise ValueError(f"counts_selection {sel.shape} and counts_estimation {est.shape} must have the same shape")
     if sel.ndim < 1 or sel.shape[-1] < 2:
         raise ValueError(f"counts must have shape (..., C) with C >= 2 classes, got shape {sel.shape}")
     if np.any(est.sum(axis=-1) < 1):
         raise ValueError("every row of counts_estimation must have a positive total")
     lead = sel.shape[:-1]
     flat_sel, flat_est = sel.reshape(-1, sel.shape[-1]), est.reshape(-1, est.shape[-1])  # (B, C)
-    # rows sharing a partition are bounded together (one vectorised Clopper–Pearson call per partition)
-    groups: dict[tuple, list[int]] = {}
-    for i, row in enumerate(flat_sel):
-        groups.setdefault(_partition(row), []).append(i)
-    p_a, p_b = np.empty(len(flat_sel)), np.empty(len(flat_sel))
-    nb, top = np.empty(len(flat_sel), dtype=int), np.empty(len(flat_sel), dtype=int)
-    for buckets, rows in groups.items():
-        p_a[rows], p_b[rows], nb[rows] = _cpm_given_buckets([list(b) for b in buckets], flat_est[rows], a)
-        top[rows] = buckets[0][0]
+    p_a, p_b, nb, top = _cpm_vectorised(flat_sel, flat_est, a)
     if not lead:
         return CPMBounds(float(p_a[0]), float(p_b[0]), int(nb[0]), int(top[0]))
     return CPMBounds(p_a.reshape(lead), p_b.reshape(lead), nb.reshape(lead), top.reshape(lead))
@@ -475,8 +507,7 @@ def class_bounds(
     est = _counts("counts_estimation", counts_estimation)
     if sel.shape != est.shape or sel.ndim < 1 or sel.shape[-1] < 2:
         raise ValueError(
-            f"counts_selection {sel.shape} and counts_estimation {est.shape} must both have shape (..., C), "
-            "C >= 2"
+            f"counts_selection {sel.shape} and counts_estimation {est.shape} must both have shape (..., C), C >= 2"
         )
     if np.any(est.sum(axis=-1) < 1):
         raise ValueError("every row of counts_estimation must have a positive total")
@@ -487,9 +518,7 @@ def class_bounds(
     return ClassBounds(np.asarray(p_a, np.float64), np.asarray(p_b, np.float64), top.astype(int), n_tests)
 
 
-def _fixed_top_bounds(
-    top: np.ndarray, est: np.ndarray, a: float, method: str
-) -> tuple[np.ndarray, np.ndarray, int]:
+def _fixed_top_bounds(top: np.ndarray, est: np.ndarray, a: float, method: str) -> tuple[np.ndarray, np.ndarray, int]:
     """(p_a, p_b, n_tests) for given top classes ``top`` ``(...)`` and counts ``est`` ``(..., C)``."""
     n_classes = est.shape[-1]
     n = est.sum(axis=-1)
@@ -525,15 +554,11 @@ def multinomial_outcomes(n: int, n_classes: int) -> np.ndarray:
         return np.array([[n]], dtype=np.int64)
     # stars and bars: choose the C - 1 bar positions among n + C - 1 slots
     bars = np.array(list(itertools.combinations(range(n + n_classes - 1), n_classes - 1)), dtype=np.int64)
-    edges = np.concatenate(
-        [np.full((len(bars), 1), -1), bars, np.full((len(bars), 1), n + n_classes - 1)], axis=1
-    )
+    edges = np.concatenate([np.full((len(bars), 1), -1), bars, np.full((len(bars), 1), n + n_classes - 1)], axis=1)
     return np.diff(edges, axis=1) - 1  # (M, C) gaps between bars
 
 
-def _validity(
-    probs: np.ndarray, top: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, criterion: str
-) -> np.ndarray:
+def _validity(probs: np.ndarray, top: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, criterion: str) -> np.ndarray:
     """Is each certificate valid? ``top``, ``p_a``, ``p_b`` of shape ``(M,)``; returns bool ``(M,)``."""
     others = np.where(np.arange(len(probs))[None, :] == top[:, None], -np.inf, probs[None, :])  # (M, C)
     true_a, true_b = probs[top], others.max(axis=1)
@@ -544,6 +569,9 @@ def _validity(
     with np.errstate(divide="ignore", invalid="ignore"):
         claimed = stats.norm.ppf(p_a) - stats.norm.ppf(p_b)
         true = stats.norm.ppf(true_a) - stats.norm.ppf(true_b)
+    if criterion == "class":
+        # only the certified class matters: a positive radius for a class that is not the true top is invalid
+        return ~(claimed > 0) | (true_a >= probs.max())
     return ~(claimed > 0) | (claimed <= true + 1e-12)
 
 
@@ -563,13 +591,14 @@ def certificate_validity_probability(
     outcome the bounds of :func:`class_bounds` are computed, and the outcome's probability is added when
 
     * ``criterion="bounds"``: ``p_a <= probs[top]`` and ``p_b >= max_{c != top} probs[c]`` (the statement the
-      radius needs), or
+      radius needs),
     * ``criterion="radius"``: the claimed radius ``Phi^{-1}(p_a) - Phi^{-1}(p_b)`` (times ``sigma / 2``) is
       ``<= 0`` (abstain) or ``<=`` the true radius of the smoothed classifier for the class ``top``
-      (``Phi^{-1}(probs[top]) - Phi^{-1}(max_{c != top} probs[c])``, negative if ``top`` is not the true top).
+      (``Phi^{-1}(probs[top]) - Phi^{-1}(max_{c != top} probs[c])``, negative if ``top`` is not the true top),
+    * ``criterion="class"``: the certificate abstains or certifies the true top class (any radius); the weakest.
 
-    A valid method gives ``>= 1 - alpha`` for every ``probs``; ``"bounds"`` validity implies ``"radius"``
-    validity.
+    A valid method gives ``>= 1 - alpha`` for every ``probs``; "bounds" validity implies "radius" validity,
+    which implies "class" validity.
 
     Args:
         probs: true class probabilities, shape ``(C,)``, summing to 1.
@@ -577,7 +606,7 @@ def certificate_validity_probability(
         alpha: error probability in (0, 1).
         method: as in :func:`class_bounds`.
         n0: number of selection samples, or None to select the top class on the estimation samples.
-        criterion: ``"bounds"`` or ``"radius"``.
+        criterion: ``"bounds"``, ``"radius"`` or ``"class"``.
 
     Returns:
         The probability (a float in [0, 1]).
@@ -591,13 +620,11 @@ def certificate_validity_probability(
     a = _alpha(alpha)
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 1 or p.shape[0] < 2 or np.any(p < 0) or abs(p.sum() - 1.0) > 1e-9:
-        raise ValueError(
-            f"probs must be a probability vector of shape (C,), C >= 2, summing to 1, got {probs!r}"
-        )
+        raise ValueError(f"probs must be a probability vector of shape (C,), C >= 2, summing to 1, got {probs!r}")
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if criterion not in ("bounds", "radius"):
-        raise ValueError(f"criterion must be 'bounds' or 'radius', got {criterion!r}")
+    if criterion not in ("bounds", "radius", "class"):
+        raise ValueError(f"criterion must be 'bounds', 'radius' or 'class', got {criterion!r}")
     n_classes = p.shape[0]
     est = multinomial_outcomes(n, n_classes).astype(np.float64)  # (M, C)
     w_est = stats.multinomial.pmf(est, n, p)  # (M,)

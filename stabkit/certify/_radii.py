@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import special, stats
 
 __all__ = [
     "radius_mono",
@@ -113,70 +113,76 @@ def radius_multi(p_a: object, p_b: object, *, sigma: float) -> np.ndarray | floa
 # Lipschitz-aware radii
 
 
-def _ramp_tail(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
-    # ∫_{u1}^{u2} Phi(u) du with the antiderivative J(u) = u Phi(u) + phi(u)
+def _lipschitz(value: object, *, allow_inf: bool) -> np.ndarray:
+    """Lipschitz constants as a float64 array (scalar or one per test point), all ``> 0``."""
+    lip = np.asarray(value, dtype=np.float64)
+    if np.any(np.isnan(lip)) or np.any(lip <= 0) or (not allow_inf and np.any(np.isinf(lip))):
+        extra = " (math.inf allowed: Cohen's radius)" if allow_inf else ""
+        raise ValueError(f"lipschitz must be finite and > 0{extra}, got {value!r}")
+    return lip
+
+
+def _ramp_upper_tail(s0: np.ndarray, sigma: float, lip: np.ndarray) -> np.ndarray:
+    """``1 - p(s0)`` for the ramp ``clip(L (t - s0), 0, 1)``: ``L ∫_{s0}^{s0+1/L} Phi(s/sigma) ds``."""
+
     def j(u: np.ndarray) -> np.ndarray:
+        # antiderivative of Phi: J(u) = u Phi(u) + phi(u)
         return u * special.ndtr(u) + np.exp(-0.5 * u * u) / math.sqrt(2.0 * math.pi)
 
-    return j(u2) - j(u1)
+    return lip * sigma * (j((s0 + 1.0 / lip) / sigma) - j(s0 / sigma))
 
 
-def _ramp_prob_upper(s0: float, sigma: float, lipschitz: float) -> float:
-    """``1 - p(s0)`` for the ramp ``clip(L (t - s0), 0, 1)``: ``L ∫_{s0}^{s0+1/L} Phi(s/sigma) ds``."""
-    u1, u2 = np.float64(s0 / sigma), np.float64((s0 + 1.0 / lipschitz) / sigma)
-    return lipschitz * sigma * float(_ramp_tail(u1, u2))
+def _solve_ramp_offset(p: np.ndarray, sigma: float, lip: np.ndarray) -> np.ndarray:
+    """``s0(p)`` for ``0 < p < 1`` and finite ``lip`` (same shape), by vectorised bisection."""
+    # symmetry p(-s0 - 1/L) = 1 - p(s0): solve for q = min(p, 1 - p) <= 1/2 on the side where 1 - p(s0) is
+    # computed without cancellation, then map back
+    upper = p >= 0.5
+    q = np.where(upper, 1.0 - p, p)
+    hi = -0.5 / lip  # 1 - p(hi) = 1/2 >= q
+    lo = hi - 40.0 * sigma - 1.0 / lip  # 1 - p(lo) <= Phi(-40) = 0 <= q
+    for _ in range(64):  # 2^-64 of the bracket (<= 40 sigma + 1/L): below float64 resolution of s0
+        mid = 0.5 * (lo + hi)
+        right_of_root = _ramp_upper_tail(mid, sigma, lip) > q  # 1 - p(s0) increases with s0
+        hi = np.where(right_of_root, mid, hi)
+        lo = np.where(right_of_root, lo, mid)
+    s0 = 0.5 * (lo + hi)
+    return np.where(upper, s0, -1.0 / lip - s0)
 
 
-def _ramp_offset_scalar(p: float, sigma: float, lipschitz: float) -> float:
-    if p == 0.5:
-        return -0.5 / lipschitz  # the ramp centred at 0, by symmetry
-    if p < 0.5:
-        # symmetry p(-s0 - 1/L) = 1 - p(s0): solve on the upper half, where 1 - p is computed without
-        # cancellation
-        return -1.0 / lipschitz - _ramp_offset_scalar(1.0 - p, sigma, lipschitz)
-    q = 1.0 - p
-    hi = -0.5 / lipschitz  # 1 - p(hi) = 1/2 >= q
-    lo = hi - sigma
-    while _ramp_prob_upper(lo, sigma, lipschitz) > q:  # 1 - p decreases to 0 as s0 -> -inf
-        lo = hi - 2.0 * (hi - lo)
-    return optimize.brentq(
-        lambda t: _ramp_prob_upper(t, sigma, lipschitz) - q, lo, hi, xtol=1e-14, rtol=1e-14
-    )
-
-
-def ramp_offset(p: object, *, sigma: float, lipschitz: float) -> np.ndarray | float:
+def ramp_offset(p: object, *, sigma: float, lipschitz: object) -> np.ndarray | float:
     """Offset ``s0`` of the worst-case ramp whose Gaussian smoothing at 0 equals ``p``.
 
-    Solves ``p = 1 - L ∫_{s0}^{s0 + 1/L} Phi(s / sigma) ds`` (brentq), i.e. ``p = E clip(L (t - s0), 0, 1)``
-    at ``t ~ N(0, sigma^2)``. Decreasing in ``p``; ``s0(1/2) = -1/(2L)``; ``s0 -> -sigma·Phi^{-1}(p)`` as ``L
-    -> inf``.
+    Solves ``p = 1 - L ∫_{s0}^{s0 + 1/L} Phi(s / sigma) ds`` (closed-form integral, vectorised bisection to
+    float64 resolution), i.e. ``p = E clip(L (t - s0), 0, 1)`` at ``t ~ N(0, sigma^2)``. Decreasing in ``p``;
+    ``s0(1/2) = -1/(2L)``; ``s0 -> -sigma·Phi^{-1}(p)`` as ``L -> inf``.
 
     Args:
         p: smoothed probability in (0, 1); any shape.
         sigma: noise standard deviation ``> 0``.
-        lipschitz: Lipschitz constant ``L > 0`` of the base classifier's scores.
+        lipschitz: Lipschitz constant ``L > 0`` of the base classifier's scores; a scalar or an array
+            broadcast against ``p``.
 
     Returns:
-        ``s0`` of the shape of ``p``.
+        ``s0`` of the broadcast shape.
 
     References:
         Delattre et al., AISTATS 2025. Thesis ch. 6b.
     """
-    s, lip = _positive("sigma", sigma), _positive("lipschitz", lipschitz)
+    s, lip = _positive("sigma", sigma), _lipschitz(lipschitz, allow_inf=False)
     pa = _probability("p", p)
     if np.any((pa <= 0) | (pa >= 1)):
         raise ValueError("p must lie strictly inside (0, 1) for a finite ramp offset")
-    flat = np.array([_ramp_offset_scalar(float(v), s, lip) for v in pa.ravel()])
-    return _out(flat.reshape(pa.shape))
+    pa, lip = np.broadcast_arrays(pa, lip)
+    return _out(_solve_ramp_offset(pa, s, lip))
 
 
-def _local_lipschitz(p: np.ndarray, s0: np.ndarray, sigma: float, lipschitz: float) -> np.ndarray:
+def _local_lipschitz(p: np.ndarray, s0: np.ndarray, sigma: float, lip: np.ndarray) -> np.ndarray:
     # steepest slope of the smoothed ramp (probability per unit of input), over the slope of Phi^{-1}
-    slope = lipschitz * (special.ndtr((s0 + 1.0 / lipschitz) / sigma) - special.ndtr(s0 / sigma))
+    slope = lip * (special.ndtr((s0 + 1.0 / lip) / sigma) - special.ndtr(s0 / sigma))
     return slope / stats.norm.pdf(special.ndtri(p))
 
 
-def local_lipschitz(p: object, *, sigma: float, lipschitz: float) -> np.ndarray | float:
+def local_lipschitz(p: object, *, sigma: float, lipschitz: object) -> np.ndarray | float:
     """Local Lipschitz constant of ``Phi^{-1} ∘ f_s`` at smoothed probability ``p`` (worst case: the ramp).
 
     ``L_loc(p) = L (Phi((s0 + 1/L)/sigma) - Phi(s0/sigma)) / phi(Phi^{-1}(p))`` with ``s0 = ramp_offset(p)``.
@@ -187,57 +193,67 @@ def local_lipschitz(p: object, *, sigma: float, lipschitz: float) -> np.ndarray 
     Args:
         p: smoothed probability in (0, 1).
         sigma: noise standard deviation ``> 0``.
-        lipschitz: Lipschitz constant ``L > 0`` of the base scores (``math.inf``: Cohen, ``1/sigma``).
+        lipschitz: ``L > 0`` of the base scores, scalar or array broadcast against ``p`` (``math.inf``:
+            Cohen, ``1/sigma``).
 
     Returns:
-        ``L_loc`` of the shape of ``p``.
+        ``L_loc`` of the broadcast shape.
 
     References:
         Delattre et al., AISTATS 2025. Thesis ch. 6b.
     """
-    s, lip = _positive("sigma", sigma), _positive("lipschitz", lipschitz, allow_inf=True)
+    s, lip = _positive("sigma", sigma), _lipschitz(lipschitz, allow_inf=True)
     pa = _probability("p", p)
-    if lip == math.inf:
-        return _out(np.full(pa.shape, 1.0 / s))
-    return _out(_local_lipschitz(pa, np.asarray(ramp_offset(pa, sigma=s, lipschitz=lip)), s, lip))
+    if np.any((pa <= 0) | (pa >= 1)):
+        raise ValueError("p must lie strictly inside (0, 1)")
+    pa, lip = np.broadcast_arrays(pa, lip)
+    out = np.full(pa.shape, 1.0 / s)
+    finite = np.isfinite(lip)
+    if finite.any():
+        s0 = _solve_ramp_offset(pa[finite], s, lip[finite])
+        out[finite] = _local_lipschitz(pa[finite], s0, s, lip[finite])
+    return _out(out)
 
 
-def _lip_radius_one(p: np.ndarray, sigma: float, lipschitz: float, method: str) -> np.ndarray:
-    """Signed 'distance to p = 1/2' in input space for each p (the mono radius; negative below 1/2)."""
-    out = np.empty(p.shape)
+def _lip_radius_one(p: np.ndarray, sigma: float, lip: np.ndarray, method: str) -> np.ndarray:
+    """Signed 'distance to p = 1/2' in input space for each p (the mono radius; negative below 1/2).
+
+    ``p`` and ``lip`` have the same shape; infinite ``lip`` gives Cohen's ``sigma Phi^{-1}(p)``."""
+    out = np.where(p >= 1, np.inf, -np.inf)
     inside = (p > 0) & (p < 1)
-    out[p <= 0], out[p >= 1] = -np.inf, np.inf
-    pin = p[inside]
-    s0 = np.asarray(ramp_offset(pin, sigma=sigma, lipschitz=lipschitz))
-    if method == "local":
-        out[inside] = special.ndtri(pin) / _local_lipschitz(pin, s0, sigma, lipschitz)
-    else:
-        # exact worst case: moving x by t moves the ramp by t, so the distance to p = 1/2 is s0(1/2) - s0(p)
-        out[inside] = -0.5 / lipschitz - s0
+    cohen = inside & np.isinf(lip)
+    out[cohen] = sigma * special.ndtri(p[cohen])
+    lip_aware = inside & np.isfinite(lip)
+    if lip_aware.any():
+        pin, lin = p[lip_aware], lip[lip_aware]
+        s0 = _solve_ramp_offset(pin, sigma, lin)
+        if method == "local":
+            out[lip_aware] = special.ndtri(pin) / _local_lipschitz(pin, s0, sigma, lin)
+        else:
+            # exact worst case: moving x by t moves the ramp by t, so the distance to p = 1/2 is s0(1/2) - s0(p)
+            out[lip_aware] = -0.5 / lin - s0
     return out
 
 
-def radius_mono_lip(
-    p_a: object, *, sigma: float, lipschitz: float, method: str = "local"
-) -> np.ndarray | float:
+def radius_mono_lip(p_a: object, *, sigma: float, lipschitz: object, method: str = "local") -> np.ndarray | float:
     """Lipschitz-aware one-class radius for a base classifier with ``L``-Lipschitz scores in ``[0, 1]``.
 
     ``"local"`` (the paper's formula, default): ``Phi^{-1}(p_a) / L_loc(p_a)`` with :func:`local_lipschitz`.
     ``"integrated"``: ``s0(1/2) - s0(p_a)`` (:func:`ramp_offset`), the distance over which the worst-case
     ramp's smoothed probability falls from ``p_a`` to ``1/2``; it integrates the local constant along the path
-    instead of freezing it at ``p_a``, so it is ``>=`` the local radius (and exact for the ramp). Both are
-    ``>=`` Cohen's :func:`radius_mono` and tend to it as ``L -> inf`` (``math.inf`` returns Cohen's radius).
-    Abstain when ``<= 0``.
+    instead of freezing it at ``p_a``, so it is ``>=`` the local radius (and exact for the ramp). Both are ``>=``
+    Cohen's :func:`radius_mono` and tend to it as ``L -> inf`` (``math.inf`` returns Cohen's radius). Abstain
+    when ``<= 0``.
 
     Args:
         p_a: lower bound on the top class's smoothed probability, in ``[0, 1]``; any shape.
         sigma: noise standard deviation ``> 0``.
         lipschitz: Lipschitz constant ``L`` of the base classifier's scores (values in ``[0, 1]``), or
-        ``math.inf``.
+            ``math.inf``; a scalar or an array broadcast against ``p_a`` (one constant per test point or map).
         method: ``"local"`` or ``"integrated"``.
 
     Returns:
-        Radius of the shape of ``p_a``.
+        Radius of the broadcast shape.
 
     Example:
         >>> round(radius_mono_lip(0.9, sigma=0.25, lipschitz=1.0), 5)
@@ -247,29 +263,27 @@ def radius_mono_lip(
         Delattre, Caillon, Barthélemy, Fagnou & Allauzen, "Bridging the theoretical gap in randomized
         smoothing", AISTATS 2025. Thesis ch. 6b.
     """
-    s, lip = _positive("sigma", sigma), _positive("lipschitz", lipschitz, allow_inf=True)
+    s, lip = _positive("sigma", sigma), _lipschitz(lipschitz, allow_inf=True)
     if method not in _LIP_METHODS:
         raise ValueError(f"method must be one of {_LIP_METHODS}, got {method!r}")
-    pa = _probability("p_a", p_a)
-    if lip == math.inf:
-        return radius_mono(pa, sigma=s)
+    pa, lip = np.broadcast_arrays(_probability("p_a", p_a), lip)
     return _out(_lip_radius_one(pa, s, lip, method))
 
 
 def radius_multi_lip(
-    p_a: object, p_b: object, *, sigma: float, lipschitz: float, method: str = "local"
+    p_a: object, p_b: object, *, sigma: float, lipschitz: object, method: str = "local"
 ) -> np.ndarray | float:
     """Lipschitz-aware two-class radius: ``1/2 (Phi^{-1}(p_a)/L_loc(p_a) - Phi^{-1}(p_b)/L_loc(p_b))``.
 
-    ``"integrated"`` gives ``(s0(p_b) - s0(p_a)) / 2``: the top class's score falls and the runner-up's rises
-    at their worst-case rates until they meet. With ``p_b = 1 - p_a`` both reduce to :func:`radius_mono_lip`;
+    ``"integrated"`` gives ``(s0(p_b) - s0(p_a)) / 2``: the top class's score falls and the runner-up's rises at
+    their worst-case rates until they meet. With ``p_b = 1 - p_a`` both reduce to :func:`radius_mono_lip`;
     ``math.inf`` gives Cohen's :func:`radius_multi`.
 
     Args:
         p_a: lower bound on the top class, in ``[0, 1]``.
         p_b: upper bound on every other class, in ``[0, 1]``; broadcast against ``p_a``.
         sigma: noise standard deviation ``> 0``.
-        lipschitz: Lipschitz constant of the base scores, or ``math.inf``.
+        lipschitz: Lipschitz constant of the base scores, or ``math.inf``; scalar or array (broadcast).
         method: ``"local"`` or ``"integrated"``.
 
     Returns:
@@ -278,13 +292,11 @@ def radius_multi_lip(
     References:
         Delattre et al., AISTATS 2025. Thesis ch. 6b.
     """
-    s, lip = _positive("sigma", sigma), _positive("lipschitz", lipschitz, allow_inf=True)
+    s, lip = _positive("sigma", sigma), _lipschitz(lipschitz, allow_inf=True)
     if method not in _LIP_METHODS:
         raise ValueError(f"method must be one of {_LIP_METHODS}, got {method!r}")
-    pa, pb = np.broadcast_arrays(_probability("p_a", p_a), _probability("p_b", p_b))
-    if lip == math.inf:
-        return radius_multi(pa, pb, sigma=s)
-    with np.errstate(invalid="ignore"):
+    pa, pb, lip = np.broadcast_arrays(_probability("p_a", p_a), _probability("p_b", p_b), lip)
+    with np.errstate(invalid="ignore"):  # inf - inf only for p_a = 1 and p_b = 1, a contradiction: nan
         return _out(0.5 * (_lip_radius_one(pa, s, lip, method) - _lip_radius_one(pb, s, lip, method)))
 
 
