@@ -132,11 +132,13 @@ def _multi(p_a: np.ndarray, p_b: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _multi_lip(p_a: np.ndarray, p_b: np.ndarray, sigma: float, lipschitz: np.ndarray) -> np.ndarray:
+    """R_multiLip per map (``lipschitz`` of the same shape), -inf where the bounds certify nothing."""
     from stabkit.certify._radii import radius_multi_lip
 
+    ok = (p_a > 0) & (p_b < 1) & (p_b > 0) & (p_a > p_b)
     out = np.full(np.shape(p_a), -np.inf)
-    for idx in zip(*np.nonzero((p_a > 0) & (p_b < 1) & (p_b > 0) & (p_a > p_b)), strict=True):
-        out[idx] = float(radius_multi_lip(float(p_a[idx]), float(p_b[idx]), sigma=sigma, lipschitz=lipschitz[idx]))
+    if ok.any():
+        out[ok] = np.asarray(radius_multi_lip(p_a[ok], p_b[ok], sigma=sigma, lipschitz=lipschitz[ok]), dtype=float)
     return out
 
 
