@@ -47,3 +47,47 @@ __all__ = [  # rsstats names; other branches extend this list
     "smoothed_lipschitz_bound",
 ]
 # --- end rsstats ---
+
+# --- randomized smoothing: sampling, PREDICT/CERTIFY, logs, LVM-RS (rssmooth) ---
+from stabkit.certify._lvm import (
+    MAP_KINDS,
+    MAP_LIPSCHITZ,
+    SELECTIONS,
+    TEMPERATURES,
+    LVMCertificate,
+    lvm_certify,
+    simplex_maps,
+    sparsemax,
+)
+from stabkit.certify._smoothing import (
+    ABSTAIN,
+    INTERVALS,
+    Certificate,
+    Smooth,
+    SmoothingLog,
+    certify_from_log,
+    gaussian_augment,
+    load_log,
+    save_log,
+)
+
+__all__ += [
+    "ABSTAIN",
+    "INTERVALS",
+    "MAP_KINDS",
+    "MAP_LIPSCHITZ",
+    "SELECTIONS",
+    "TEMPERATURES",
+    "Certificate",
+    "LVMCertificate",
+    "Smooth",
+    "SmoothingLog",
+    "certify_from_log",
+    "gaussian_augment",
+    "load_log",
+    "lvm_certify",
+    "save_log",
+    "simplex_maps",
+    "sparsemax",
+]
+# --- end randomized smoothing (rssmooth) ---
