@@ -488,20 +488,24 @@ def kernel_gram_iteration(kernel: torch.Tensor, *, n_iter: int = 6) -> torch.Ten
     if kernel.shape[1] > kernel.shape[0]:
         kernel = kernel.transpose(0, 1)  # c_in ≤ c_out, as in the paper (the Gram below is c_out × c_out)
     s0 = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)
-    M = kernel / s0  # (c, c', sh, sw)
+    # channels last, (sh, sw, c, c'): the FFTs run over dims (0, 1) and the frequency blocks are contiguous for
+    # the batched GEMM, so no large permute copies are needed between steps
+    M = (kernel / s0).permute(2, 3, 0, 1).contiguous()
     logc = torch.log(s0)
-    sh, sw = M.shape[-2:]
+    sh, sw = M.shape[:2]
     for _ in range(n_iter):
         r = torch.linalg.vector_norm(M.detach()).clamp_min(torch.finfo(M.dtype).tiny)
         M = M / r
         logc = 2.0 * (logc + torch.log(r))
         sh, sw = 2 * sh - 1, 2 * sw - 1  # support of the self-correlation
         nh, nw = _next_fast_len(sh), _next_fast_len(sw)
-        Mf = torch.fft.rfft2(M, s=(nh, nw)).permute(2, 3, 0, 1)  # (nh, nw//2+1, c, c')
+        Mf = torch.fft.rfft2(M, s=(nh, nw), dim=(0, 1)).contiguous()  # (nh, nw//2+1, c, c')
         Gf = Mf @ Mf.mH  # (nh, nw//2+1, c, c): symbol of the self-correlation M ⋆ M
-        G = torch.fft.irfft2(Gf.permute(2, 3, 0, 1), s=(nh, nw))  # (c, c, nh, nw), lag 0 at index 0
-        # bring lags −(s−1)…(s−1) to 0…2s−2 and drop the unused (exactly zero) rest of the grid
-        M = torch.roll(G, shifts=(sh // 2, sw // 2), dims=(-2, -1))[..., :sh, :sw]
-    rows = M.abs().sum(dim=(1, 2, 3))  # (c,) row sums of the Gram kernel
+        G = torch.fft.irfft2(Gf, s=(nh, nw), dim=(0, 1))  # (nh, nw, c, c), lag 0 at index 0
+        # lags −(s−1)…(s−1) sit at indices (n−s+1…n−1, 0…s−1): gather them in order, drop the zero rest
+        lh, lw = sh // 2, sw // 2
+        G = torch.cat([G[nh - lh :], G[: lh + 1]], dim=0)  # (sh, nw, c, c)
+        M = torch.cat([G[:, nw - lw :], G[:, : lw + 1]], dim=1)  # (sh, sw, c, c)
+    rows = M.abs().sum(dim=(0, 1, 3))  # (c,) row sums of the Gram kernel
     p = 0.5**n_iter
     return (rows.pow(p) * torch.exp(logc * p)).amax()
