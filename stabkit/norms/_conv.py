@@ -253,12 +253,12 @@ def _conv_operator(kernel, size, padding, pad, stride):
         k = _fold_kernel(kernel, size)
         kh, kw = k.shape[-2:]
         # total circular padding k - 1 keeps the n×n output; the offset does not change singular values
-        t, l = (kh - 1) // 2, (kw - 1) // 2
-        b, r = kh - 1 - t, kw - 1 - l
+        t, lf = (kh - 1) // 2, (kw - 1) // 2
+        b, r = kh - 1 - t, kw - 1 - lf
         H, W = h + kh - 1, w + kw - 1
 
         def forward(x):
-            return F.conv2d(F.pad(x, (l, r, t, b), mode="circular"), k, stride=stride)
+            return F.conv2d(F.pad(x, (lf, r, t, b), mode="circular"), k, stride=stride)
 
         def adjoint(y):
             z = _transpose_conv(y, k, stride, (H, W), (0, 0))  # (B, c_in, H, W) on the padded grid
@@ -266,9 +266,9 @@ def _conv_operator(kernel, size, padding, pad, stride):
             x = z[..., t : t + h, :].clone()
             x[..., h - t :, :] += z[..., :t, :]
             x[..., :b, :] += z[..., t + h :, :]
-            out = x[..., l : l + w].clone()
-            out[..., w - l :] += x[..., :l]
-            out[..., :r] += x[..., l + w :]
+            out = x[..., lf : lf + w].clone()
+            out[..., w - lf :] += x[..., :lf]
+            out[..., :r] += x[..., lf + w :]
             return out
 
         return forward, adjoint
@@ -284,7 +284,8 @@ def _conv_operator(kernel, size, padding, pad, stride):
 
 
 def _transpose_conv(y, kernel, stride, size, pad):
-    """Adjoint of ``conv2d(·, kernel, stride, padding=pad)`` on h×w inputs (output_padding restores the size)."""
+    """Adjoint of ``conv2d(·, kernel, stride, padding=pad)`` on h×w inputs (output_padding restores the
+    size)."""
     (h, w), (sh, sw), (ph, pw) = size, stride, pad
     kh, kw = kernel.shape[-2:]
     oph = h - ((y.shape[-2] - 1) * sh - 2 * ph + kh)
