@@ -42,8 +42,7 @@ class ParameterSpace:
         else:
             if isinstance(params, str):
                 raise ValueError(
-                    f"params must be a list of parameter names, got the string {params!r}; "
-                    f"write params=[{params!r}]"
+                    f"params must be a list of parameter names, got the string {params!r}; write params=[{params!r}]"
                 )
             names = list(params)
             unknown = [n for n in names if n not in named]

@@ -280,9 +280,7 @@ def _rademacher(dim: int, g: torch.Generator, device: torch.device, dtype: torch
     return (torch.randint(0, 2, (dim,), generator=g, device=device) * 2 - 1).to(dtype)
 
 
-def hutchinson_trace(
-    op: Operator, *, n_probes: int = 100, generator: torch.Generator | None = None
-) -> TraceEstimate:
+def hutchinson_trace(op: Operator, *, n_probes: int = 100, generator: torch.Generator | None = None) -> TraceEstimate:
     """Hutchinson's estimator of ``tr H``: the mean of ``vᵀHv`` over Rademacher probes ``v``.
 
     Always uses exactly ``n_probes`` probes. The estimator is unbiased, and single probe values can be

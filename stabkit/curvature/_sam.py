@@ -57,9 +57,7 @@ class SAM(torch.optim.Optimizer):
         adaptive: bool = False,
     ) -> None:
         if not isinstance(base_optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}"
-            )
+            raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
         if isinstance(base_optimizer, SAM):
             raise ValueError("base_optimizer is already a SAM optimizer")
         if model is not None and not isinstance(model, nn.Module):
