@@ -34,8 +34,15 @@ LEVELS = (1e-2, 1e-4, 1e-6)
 
 
 def timeit(fn, *, min_runs=3, max_seconds=2.0):
-    """Median wall time of fn() after one warm-up call; returns (median seconds, last value as float)."""
+    """Median wall time of fn() after one warm-up call; returns (median seconds, last value as float).
+
+    A call slower than ``max_seconds`` is timed once more and not repeated further (the benchmark must finish in
+    minutes on a shared 2-core machine).
+    """
+    t0 = time.perf_counter()
     value = float(fn())
+    if time.perf_counter() - t0 > max_seconds:
+        min_runs = 1
     times = []
     start = time.perf_counter()
     while len(times) < min_runs or (time.perf_counter() - start < max_seconds and len(times) < 15):
@@ -84,10 +91,13 @@ def load_lip4conv():
 
 # ------------------------------------------------------------------------------------------ tables
 def print_table(rows, columns):
+    if not rows:
+        return
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for r in rows:
         print("  ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
+    sys.stdout.flush()
 
 
 def conv_rows(c, n, g, lip4conv):
@@ -178,7 +188,7 @@ def main():
     if args.full:
         grid = [(c, n) for c in (16, 64, 256, 512) for n in (8, 16, 32)]
     else:
-        grid = [(16, 8), (16, 32), (64, 8), (64, 16), (64, 32), (256, 8), (256, 16), (512, 8)]
+        grid = [(16, 8), (16, 32), (64, 8), (64, 16), (64, 32), (256, 8)]
     all_rows, summary = [], []
     for c, n in grid:
         rows = conv_rows(c, n, g, lip4conv)
