@@ -29,9 +29,7 @@ def gen(seed=0):
 
 def svd_norm(W):
     """Independent reference: numpy SVD in float64."""
-    return float(
-        np.linalg.norm(np.asarray(W.detach().to(torch.complex128 if W.is_complex() else torch.float64)), 2)
-    )
+    return float(np.linalg.norm(np.asarray(W.detach().to(torch.complex128 if W.is_complex() else torch.float64)), 2))
 
 
 @pytest.fixture(scope="module")
@@ -348,13 +346,7 @@ def test_zero_padding_bounds_against_explicit_matrix():
                 assert lo <= exact * (1 + 1e-12)
                 assert lo == pytest.approx(exact, rel=5e-2)
                 # the zero-padded conv is a sub-block of the circular conv on the padded grid
-                ph, pw = (
-                    ((kh - 1) // 2, (kw - 1) // 2)
-                    if pad is None
-                    else (pad, pad)
-                    if isinstance(pad, int)
-                    else pad
-                )
+                ph, pw = ((kh - 1) // 2, (kw - 1) // 2) if pad is None else (pad, pad) if isinstance(pad, int) else pad
                 circ = float(conv_spectral_norm_exact(K, (n + 2 * ph, n + 2 * pw)))
                 assert exact <= circ * (1 + 1e-12)
 
