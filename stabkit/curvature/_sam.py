@@ -137,7 +137,8 @@ class SAM(torch.optim.Optimizer):
         with torch.enable_grad(), self.frozen_buffers():
             closure()
         self.second_step()
-        return loss
+        # detached: the graph of the first pass is no longer needed, and float() of a graph tensor warns
+        return loss.detach() if isinstance(loss, torch.Tensor) else loss
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state (SAM keeps no state between steps)."""
