@@ -11,6 +11,7 @@ from stabkit.norms import (
     conv_fantastic_four,
     conv_gram_iteration,
     conv_gram_iteration_bounds,
+    conv_grid_bound,
     conv_lipgrid,
     conv_matrix,
     conv_power_iteration,
@@ -20,6 +21,7 @@ from stabkit.norms import (
     kernel_gram_iteration,
     power_iteration,
     spectral_norm_exact,
+    spectral_norm_upper,
 )
 
 
@@ -454,3 +456,52 @@ def test_default_generator_is_deterministic(k8):
     assert float(a) == float(b)
     c = conv_power_iteration(k8, 8, n_iter=5, generator=gen(123))
     assert float(c) != float(a)
+
+
+# ---- certified bounds from exact pieces (stabkit/norms/_grid.py; used by CPL at eval) ----
+def test_conv_grid_bound_is_an_upper_bound_and_tight():
+    g = gen(15)
+    D = torch.float64
+    for c_out, c_in, kh, kw in [(4, 3, 3, 3), (2, 5, 5, 5), (3, 3, 3, 5), (6, 2, 1, 3)]:
+        k = torch.randn(c_out, c_in, kh, kw, generator=g, dtype=D)
+        bound = conv_grid_bound(k).item()
+        # exact σ1 of the circular conv on a fine grid: a lower bound of the size-independent norm
+        khat = torch.fft.fft2(k, s=(256, 256)).permute(2, 3, 0, 1)
+        fine = torch.linalg.matrix_norm(khat, ord=2).max().item()
+        assert fine <= bound <= fine * 1.01
+        # and the explicit zero-padded conv matrices of several sizes
+        for n in (3, 7):
+            a = conv_matrix(k, n, padding="zero")
+            assert torch.linalg.matrix_norm(a, ord=2).item() <= bound
+
+
+def test_float32_bounds_are_rounded_up():
+    g = gen(24)
+    for _ in range(20):
+        w = torch.randn(5, 4, generator=g)
+        b32 = spectral_norm_upper(w)
+        assert b32.dtype == torch.float32
+        assert b32.double() >= torch.linalg.matrix_norm(w.double(), ord=2)
+        k = torch.randn(2, 3, 3, 3, generator=g)
+        assert conv_grid_bound(k).double() >= conv_grid_bound(k.double())
+
+
+def test_conv_grid_bound_rejects_bad_input():
+    with pytest.raises(ValueError, match="n_eval"):
+        conv_grid_bound(torch.zeros(2, 2, 5, 5), n_eval=5)
+    with pytest.raises(ValueError, match="NaN"):
+        spectral_norm_upper(torch.full((2, 2), float("nan")))
+
+
+def test_kernel_gram_iteration_equals_the_sll_sr_rescaling_bound():
+    # The SLL/SR layers compute the same Gram powers by spatial self-convolution (cheaper for their n_iter ≤ 3);
+    # kernel_gram_iteration squares in the frequency domain (cheaper for large n_iter). They must agree.
+    from stabkit.layers._common import conv_gram_bound
+
+    g = gen(7)
+    for shape in [(6, 4, 3, 3), (3, 5, 5, 5), (4, 4, 1, 3)]:
+        k = torch.randn(*shape, generator=g, dtype=torch.float64)
+        for n_iter in (1, 2, 3):
+            # kernel_gram_iteration works on the larger side (it transposes so that c_in ≤ c_out)
+            t = conv_gram_bound(k if shape[0] >= shape[1] else k.transpose(0, 1), n_iter=n_iter)  # KKᵀ ⪯ diag(t)
+            torch.testing.assert_close(kernel_gram_iteration(k, n_iter=n_iter), t.max().sqrt(), rtol=1e-9, atol=0)

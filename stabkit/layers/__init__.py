@@ -13,7 +13,7 @@ docstring); the guaranteed constant is the class attribute ``lipschitz`` (or ``l
 """
 
 from ._basic import GroupSort, LinearNormalized, MaxMin, PaddingChannels, ScaledAvgPool2d
-from ._cpl import CPLConv2d, CPLLinear, conv_norm_bound, dense_norm_bound
+from ._cpl import CPLConv2d, CPLLinear
 from ._export import Residual, export_plain
 from ._rescaled import AOLConv2d, AOLLinear, SRConv2d, SRLinear
 from ._sll import SLLConv2d, SLLLinear
@@ -33,7 +33,5 @@ __all__ = [
     "SRConv2d",
     "SRLinear",
     "ScaledAvgPool2d",
-    "conv_norm_bound",
-    "dense_norm_bound",
     "export_plain",
 ]

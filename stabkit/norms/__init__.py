@@ -34,11 +34,13 @@ from stabkit.norms._dense import (
     power_iteration,
     spectral_norm_exact,
 )
+from stabkit.norms._grid import conv_grid_bound, spectral_norm_upper
 
 __all__ = [
     "SpectralBounds",
     "conv_fantastic_four",
     "conv_gram_iteration",
+    "conv_grid_bound",
     "conv_gram_iteration_bounds",
     "conv_lipgrid",
     "conv_matrix",
@@ -49,4 +51,5 @@ __all__ = [
     "gram_iteration_bounds",
     "power_iteration",
     "spectral_norm_exact",
+    "spectral_norm_upper",
 ]
