@@ -3,8 +3,7 @@
 * :func:`multiclass_hinge` – the CPL loss (margin 0.7);
 * :func:`offset_cross_entropy` – the SLL loss (offset √2·3/2, temperature 1/4);
 * :func:`lipschitz_penalty` – ``Σ_layers relu(σ̂_layer − 1)`` with Gram-iteration spectral-norm bounds,
-added to
-  the cross-entropy of an ordinary network (Lipschitz-regularised training, thesis §3.3).
+  added to the cross-entropy of an ordinary network (Lipschitz-regularised training, thesis §3.3).
 
 All take logits ``(B, K)`` and int64 labels ``(B,)`` and return the batch mean, like
 ``torch.nn.functional.cross_entropy``, so that ``stabkit.train.supervised(loss)`` adapts them to ``fit``.
