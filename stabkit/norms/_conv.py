@@ -1,0 +1,507 @@
+"""Spectral norms of 2-D convolutions: circular padding via the DFT, zero padding via the kernel, and
+baselines.
+
+Conventions. A kernel has shape (c_out, c_in, kh, kw) and acts like ``torch.nn.functional.conv2d`` (cross-
+correlation). ``input_size`` is the spatial size n (int) or (h, w) of the layer's input. With circular
+padding the
+operator is the same whatever the padding offset (a circular shift does not change singular values); with zero
+padding, ``pad`` zeros are added on each side (default ``(k - 1) // 2``, the usual "same" padding for odd k).
+
+Note [strides]
+--------------
+A stride-s circular convolution on n×n inputs (s dividing n) keeps one output in s per axis. In the unitary
+DFT
+basis the subsampling folds the s² frequencies ω' + (a, b)·n/s onto ω', so the operator is block-diagonal with
+(n/s)² blocks of size c_out × (c_in·s²): ``[K̂(ω' + a n/s, ω' + b n/s)]_(a,b) / s``. The functions with a
+``stride`` argument use this exact formulation. Every other bound here is for stride 1; it remains a valid
+(loose)
+upper bound for a strided layer, since subsampling has norm ≤ 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from stabkit._checks import check_positive_float, check_positive_int, resolve_generator
+from stabkit.norms._dense import (
+    SpectralBounds,
+    _bounds_loop,
+    _gram_steps,
+    _prepare,
+    _tall,
+    _upper_from,
+    power_iteration,
+)
+
+__all__ = [
+    "conv_fantastic_four",
+    "conv_gram_iteration",
+    "conv_gram_iteration_bounds",
+    "conv_lipgrid",
+    "conv_matrix",
+    "conv_power_iteration",
+    "conv_spectral_norm_exact",
+    "kernel_gram_iteration",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+def _check_kernel(kernel: object, *, real: bool = True) -> torch.Tensor:
+    kernel = _prepare("kernel", kernel, min_ndim=4)
+    if kernel.ndim != 4:
+        raise ValueError(f"kernel must have shape (c_out, c_in, kh, kw), got shape {tuple(kernel.shape)}")
+    if real and kernel.is_complex():
+        raise ValueError("kernel must be real for convolution norms (complex kernels are not supported)")
+    return kernel
+
+
+def _pair(name: str, value: object) -> tuple[int, int]:
+    if isinstance(value, int | bool) and not isinstance(value, bool):
+        value = (value, value)
+    if not (isinstance(value, tuple | list) and len(value) == 2):
+        raise ValueError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+    return check_positive_int(name, value[0]), check_positive_int(name, value[1])
+
+
+def _check_stride(stride: object, size: tuple[int, int]) -> tuple[int, int]:
+    s = _pair("stride", stride)
+    if size[0] % s[0] or size[1] % s[1]:
+        raise ValueError(
+            f"stride {s} must divide the input size {size} for the exact strided formulation "
+            "(Note [strides]); "
+            "pad the input size up to a multiple of the stride, or bound the stride-1 convolution instead"
+        )
+    return s
+
+
+def _check_padding(padding: object) -> str:
+    if padding not in ("zero", "circular"):
+        raise ValueError(f"padding must be 'zero' or 'circular', got {padding!r}")
+    return padding  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------------
+def _fold_kernel(kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Wrap a kernel larger than the input onto the n×n torus (taps i and i+n act on the same pixel)."""
+    c_out, c_in, kh, kw = kernel.shape
+    h, w = size
+    if kh <= h and kw <= w:
+        return kernel
+    ph, pw = -kh % h, -kw % w
+    k = F.pad(kernel, (0, pw, 0, ph))  # (c_out, c_in, a·h, b·w)
+    k = k.reshape(c_out, c_in, k.shape[-2] // h, h, k.shape[-1] // w, w)
+    # an axis that already fitted is zero-padded up to h or w and reshaped with one block: unchanged
+    return k.sum(dim=(2, 4))  # (c_out, c_in, h, w)
+
+
+def _dft_blocks(kernel: torch.Tensor, size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """The blocks whose largest singular value is σ1 of the circular convolution, shape (B, c_out,
+    c_in·s²)."""
+    c_out, c_in = kernel.shape[:2]
+    k = _fold_kernel(kernel, size)
+    if stride == (1, 1):
+        # Real kernel: K̂(-ω) = conj K̂(ω), so the half-spectrum of rfft2 holds all distinct singular values.
+        Kf = torch.fft.rfft2(k, s=size)  # (c_out, c_in, h, w//2+1)
+        return Kf.permute(2, 3, 0, 1).reshape(-1, c_out, c_in)
+    (h, w), (sh, sw) = size, stride
+    Kf = torch.fft.fft2(k, s=size)  # (c_out, c_in, h, w)
+    # frequency u = a·(h/sh) + u' → (a, u'); Note [strides]
+    Kf = Kf.reshape(c_out, c_in, sh, h // sh, sw, w // sw)
+    Kf = Kf.permute(3, 5, 0, 1, 2, 4).reshape(-1, c_out, c_in * sh * sw)  # (B, c_out, c_in·s²)
+    return Kf / math.sqrt(sh * sw)
+
+
+def conv_spectral_norm_exact(
+    kernel: torch.Tensor, input_size: int | tuple[int, int], *, stride: int | tuple[int, int] = 1
+) -> torch.Tensor:
+    """Exact spectral norm of a circular-padding convolution (FFT, then the largest eigenvalue of each Gram
+    block).
+
+    The DFT block-diagonalises the convolution (Sedghi et al. 2019); we take ``rfft2`` (half the blocks, real
+    kernels) and ``eigvalsh`` of the smaller Gram matrix of each block instead of an SVD of every block:
+    the top
+    eigenvalue of KᴴK is as accurate as σ1² (relative rounding of the dtype) and much cheaper.
+
+    Args:
+        kernel: real kernel (c_out, c_in, kh, kw); kernels larger than the input are wrapped around the torus.
+        input_size: spatial size n or (h, w) of the input.
+        stride: stride of the convolution; must divide the input size (Note [strides] in this module).
+
+    Returns:
+        σ1 of the circular convolution on h×w inputs, a 0-dim tensor.
+
+    Raises:
+        ValueError: bad kernel shape/dtype, NaN/inf, non-positive size, stride not dividing the size.
+
+    References:
+        Sedghi, Gupta, Long, "The Singular Values of Convolutional Layers", ICLR 2019; thesis chapter 3.
+    """
+    kernel = _check_kernel(kernel)
+    size = _pair("input_size", input_size)
+    stride = _check_stride(stride, size)
+    s = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)  # scale: robust to 1e±30
+    B = _tall(_dft_blocks(kernel / s, size, stride))  # (B, m, n), m ≥ n
+    ev = torch.linalg.eigvalsh(B.mH @ B)  # (B, n) ascending, real
+    return ev[..., -1].amax().clamp_min(0).sqrt() * s
+
+
+def conv_gram_iteration(
+    kernel: torch.Tensor,
+    input_size: int | tuple[int, int],
+    *,
+    n_iter: int = 6,
+    stride: int | tuple[int, int] = 1,
+) -> torch.Tensor:
+    """Certified upper bound on the spectral norm of a circular-padding convolution: Gram iteration on DFT
+    blocks.
+
+    Batched :func:`~stabkit.norms.gram_iteration` on the ``rfft2`` blocks (each block rescaled on its own),
+    then
+    the max. Upper bound at every ``n_iter``, non-increasing, within a factor ``min(c_in, c_out)^(2^-(T+1))``
+    of the exact value. For a zero-padding layer with ``pad`` zeros per side, use ``input_size = n + 2·pad``:
+    the zero-padded convolution is a sub-block of that circular one, so this is still an upper bound.
+
+    Args:
+        kernel: real kernel (c_out, c_in, kh, kw).
+        input_size: spatial size n or (h, w) of the input.
+        n_iter: number of Gram iterations (4–7 is typical; ≥ 0).
+        stride: stride of the convolution; must divide the input size (Note [strides] in this module).
+
+    Returns:
+        Upper bound on σ1, a 0-dim tensor; differentiable w.r.t. the kernel.
+
+    Raises:
+        ValueError: bad kernel shape/dtype, NaN/inf, non-positive size or ``n_iter``, stride not dividing
+        the size.
+
+    References:
+        Delattre, Barthélemy, Araujo, Allauzen, ICML 2023 (arXiv 2305.16173); thesis chapter 3.
+    """
+    kernel = _check_kernel(kernel)
+    size = _pair("input_size", input_size)
+    n_iter = check_positive_int("n_iter", n_iter, minimum=0)
+    stride = _check_stride(stride, size)
+    s = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)
+    *_, (t, G, logc) = _gram_steps(_tall(_dft_blocks(kernel / s, size, stride)), n_iter)
+    return _upper_from(G, logc, t).amax() * s
+
+
+def conv_gram_iteration_bounds(
+    kernel: torch.Tensor,
+    input_size: int | tuple[int, int],
+    *,
+    n_iter: int = 12,
+    tol: float | None = None,
+    stride: int | tuple[int, int] = 1,
+) -> SpectralBounds:
+    """Certified interval on the circular-convolution spectral norm; stops when the relative gap is ≤ ``tol``.
+
+    Upper end: :func:`conv_gram_iteration`. Lower end: the max over DFT blocks of the block lower bounds of
+    :func:`~stabkit.norms.gram_iteration_bounds` (each is ≤ its block's σ1 ≤ the convolution's σ1).
+
+    Args:
+        kernel: real kernel (c_out, c_in, kh, kw).
+        input_size: spatial size n or (h, w).
+        n_iter: maximum number of Gram iterations.
+        tol: relative gap ``(upper − lower)/upper`` at which to stop; ``None`` runs all iterations.
+        stride: stride (must divide the input size).
+
+    Returns:
+        ``SpectralBounds(lower, upper, n_iter)`` with 0-dim tensors.
+
+    Raises:
+        ValueError: as :func:`conv_gram_iteration`, or bad ``tol``.
+
+    References:
+        Delattre et al., ICML 2023 (arXiv 2305.16173); thesis chapter 3. The lower end is ours.
+    """
+    kernel = _check_kernel(kernel)
+    size = _pair("input_size", input_size)
+    n_iter = check_positive_int("n_iter", n_iter, minimum=0)
+    if tol is not None:
+        tol = check_positive_float("tol", tol)
+    stride = _check_stride(stride, size)
+    s = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)
+    b = _bounds_loop(_tall(_dft_blocks(kernel / s, size, stride)), n_iter, tol, reduce_max=True)
+    return SpectralBounds(b.lower * s, b.upper * s, b.n_iter)
+
+
+# --------------------------------------------------------------------------------------------------
+def _resolve_pad(kernel: torch.Tensor, pad: int | tuple[int, int] | None) -> tuple[int, int]:
+    if pad is None:
+        return (kernel.shape[-2] - 1) // 2, (kernel.shape[-1] - 1) // 2
+    if isinstance(pad, int) and not isinstance(pad, bool):
+        pad = (pad, pad)
+    if not (
+        isinstance(pad, tuple | list) and len(pad) == 2 and all(isinstance(p, int) and p >= 0 for p in pad)
+    ):
+        raise ValueError(f"pad must be a non-negative int or a pair (ph, pw), got {pad!r}")
+    return int(pad[0]), int(pad[1])
+
+
+def _conv_operator(kernel, size, padding, pad, stride):
+    """The convolution as a function of a batch of inputs (B, c_in, h, w) → (B, c_out, h', w')."""
+    if padding == "circular":
+        k = _fold_kernel(kernel, size)
+        kh, kw = k.shape[-2:]
+        # total circular padding k - 1 keeps the n×n output; the offset does not change singular values
+        cpad = ((kw - 1) // 2, kw - 1 - (kw - 1) // 2, (kh - 1) // 2, kh - 1 - (kh - 1) // 2)
+        return lambda x: F.conv2d(F.pad(x, cpad, mode="circular"), k, stride=stride)
+    ph, pw = _resolve_pad(kernel, pad)
+    h, w = size
+    if h + 2 * ph < kernel.shape[-2] or w + 2 * pw < kernel.shape[-1]:
+        raise ValueError(
+            f"kernel {tuple(kernel.shape[-2:])} is larger than the padded input {(h + 2 * ph, w + 2 * pw)}"
+        )
+    return lambda x: F.conv2d(x, kernel, stride=stride, padding=(ph, pw))
+
+
+def conv_matrix(
+    kernel: torch.Tensor,
+    input_size: int | tuple[int, int],
+    *,
+    padding: str = "zero",
+    pad: int | tuple[int, int] | None = None,
+    stride: int | tuple[int, int] = 1,
+) -> torch.Tensor:
+    """The explicit matrix of a convolution (the ground truth for small cases).
+
+    Built by applying ``conv2d`` to every basis image, so it is independent of the DFT formulas.
+
+    Args:
+        kernel: kernel (c_out, c_in, kh, kw).
+        input_size: spatial size n or (h, w) of the input.
+        padding: ``"zero"`` or ``"circular"``.
+        pad: zeros per side for zero padding (int or (ph, pw)); default ``(k - 1) // 2``. Ignored for
+        circular.
+        stride: stride of the convolution. For circular padding it must divide the input size.
+
+    Returns:
+        Matrix of shape (c_out·h'·w', c_in·h·w) acting on inputs flattened in (c, h, w) order.
+
+    Raises:
+        ValueError: bad arguments, or a matrix with more than 2**26 entries (use the norm functions instead).
+    """
+    kernel = _check_kernel(kernel)
+    size = _pair("input_size", input_size)
+    padding = _check_padding(padding)
+    stride = _check_stride(stride, size) if padding == "circular" else _pair("stride", stride)
+    n_in = kernel.shape[1] * size[0] * size[1]
+    op = _conv_operator(kernel, size, padding, pad, stride)
+    out_numel = op(torch.zeros(1, kernel.shape[1], *size, dtype=kernel.dtype, device=kernel.device)).numel()
+    if n_in * out_numel > 2**26:
+        raise ValueError(
+            f"the explicit matrix would have {n_in}×{out_numel} entries; "
+            "use conv_spectral_norm_exact or the bounds"
+        )
+    eye = torch.eye(n_in, dtype=kernel.dtype, device=kernel.device).reshape(n_in, kernel.shape[1], *size)
+    return op(eye).reshape(n_in, -1).T  # column j = image of basis vector j
+
+
+def conv_power_iteration(
+    kernel: torch.Tensor,
+    input_size: int | tuple[int, int],
+    *,
+    padding: str = "zero",
+    pad: int | tuple[int, int] | None = None,
+    stride: int | tuple[int, int] = 1,
+    n_iter: int = 100,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Power iteration with the convolution and its adjoint on an h×w input: a lower estimate of σ1.
+
+    Returns ``‖A v‖`` for a unit input v, which never exceeds σ1 (converges from below, linearly). The
+    adjoint is
+    obtained by ``torch.func.vjp`` of the convolution itself, so it is exact for any kernel size, padding and
+    stride (peers hard-code padding 1, which is right only for 3×3 kernels).
+
+    Args:
+        kernel: real kernel (c_out, c_in, kh, kw).
+        input_size: spatial size n or (h, w).
+        padding: ``"zero"`` or ``"circular"``.
+        pad: zeros per side for zero padding, default ``(k - 1) // 2``.
+        stride: stride of the convolution.
+        n_iter: number of iterations (100 is the zero-padding reference of the thesis).
+        generator: source of the random start; ``None`` = fresh generator seeded 0.
+
+    Returns:
+        Lower estimate of σ1, a 0-dim tensor.
+
+    Raises:
+        ValueError: bad arguments.
+
+    References:
+        Ryu et al., "Plug-and-Play Methods Provably Converge with Properly Trained Denoisers", ICML 2019;
+        Farnia et
+        al. ICLR 2019; thesis chapter 3.
+    """
+    kernel = _check_kernel(kernel)
+    size = _pair("input_size", input_size)
+    padding = _check_padding(padding)
+    stride = _check_stride(stride, size) if padding == "circular" else _pair("stride", stride)
+    n_iter = check_positive_int("n_iter", n_iter)
+    g = resolve_generator(generator, kernel.device)
+    s = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)
+    op = _conv_operator(kernel.detach() / s, size, padding, pad, stride)
+    v = torch.randn(1, kernel.shape[1], *size, generator=g, dtype=kernel.dtype, device=kernel.device)
+    _, adjoint = torch.func.vjp(op, v)  # linear map: its vjp is the adjoint everywhere
+    for _ in range(n_iter):
+        (v,) = adjoint(op(v))
+        v = v / torch.linalg.vector_norm(v).clamp_min(torch.finfo(v.dtype).tiny)
+    final = _conv_operator(kernel / s, size, padding, pad, stride)
+    return torch.linalg.vector_norm(final(v)) * s
+
+
+# --------------------------------------------------------------------------------------------------
+def conv_lipgrid(kernel: torch.Tensor, *, n_samples: int = 50) -> torch.Tensor:
+    """LipGrid: max of ‖K̂(ω)‖_F over an n_s×n_s frequency grid, corrected for the grid: an upper bound.
+
+    Bounds ``sup_ω σ1(K̂(ω))`` (hence both zero and circular padding, any input size) by ``sup_ω ‖K̂(ω)‖_F``,
+    evaluated on ``n_samples`` equispaced frequencies per axis and multiplied by ``1 / (1 − (k − 1)/n_s)``
+    to cover
+    the frequencies between grid points (Araujo et al. 2021, Theorem on trigonometric polynomials; k = the
+    larger
+    kernel side). The Frobenius norm makes it loose for many channels.
+
+    Args:
+        kernel: real kernel (c_out, c_in, kh, kw).
+        n_samples: grid points per axis; must exceed k − 1.
+
+    Returns:
+        Upper bound, a 0-dim tensor.
+
+    Raises:
+        ValueError: bad kernel or ``n_samples ≤ k − 1``.
+
+    References:
+        Araujo, Negrevergne, Chevaleyre, Atif, "On Lipschitz Regularization of Convolutional Layers using
+        Toeplitz
+        Matrix Theory", AAAI 2021; thesis chapter 3.
+    """
+    kernel = _check_kernel(kernel)
+    n_samples = check_positive_int("n_samples", n_samples)
+    k = max(kernel.shape[-2:])
+    if n_samples <= k - 1:
+        raise ValueError(f"n_samples must exceed k - 1 = {k - 1} for the grid correction, got {n_samples}")
+    if k == 1:
+        return torch.linalg.vector_norm(kernel)  # constant symbol: exact Frobenius norm
+    s = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)
+    # the symbol on the grid ω = 2πj/n_s is the n_s-point DFT of the (wrapped) kernel
+    Kf = torch.fft.fft2(_fold_kernel(kernel / s, (n_samples, n_samples)), s=(n_samples, n_samples))
+    fro = torch.linalg.vector_norm(Kf, dim=(0, 1))  # (n_s, n_s)
+    return fro.amax() * s / (1.0 - (k - 1) / n_samples)
+
+
+def conv_fantastic_four(
+    kernel: torch.Tensor, *, n_iter: int = 50, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """ "Fantastic Four" bound: √(kh·kw) · min of σ1 over four reshapes of the kernel.
+
+    The reshapes are (c_out·kh) × (c_in·kw), (c_out·kw) × (c_in·kh), c_out × (c_in·kh·kw) and
+    c_in × (c_out·kh·kw); each σ1 is estimated by ``n_iter`` power iterations as in the paper, so the
+    result is an
+    upper bound on the convolution's norm (zero or circular padding, any size) once those have converged
+    (power
+    iteration approaches σ1 from below). Loose by up to √(kh·kw).
+
+    Args:
+        kernel: real kernel (c_out, c_in, kh, kw).
+        n_iter: power iterations per reshape.
+        generator: source of the random starts; ``None`` = fresh generator seeded 0.
+
+    Returns:
+        The bound, a 0-dim tensor.
+
+    Raises:
+        ValueError: bad kernel or ``n_iter``.
+
+    References:
+        Singla, Feizi, "Fantastic Four: Differentiable Bounds on Singular Values of Convolution Layers",
+        ICLR 2021;
+        thesis chapter 3.
+    """
+    kernel = _check_kernel(kernel)
+    n_iter = check_positive_int("n_iter", n_iter)
+    c_out, c_in, kh, kw = kernel.shape
+    g = resolve_generator(generator, kernel.device)
+    mats = [
+        kernel.transpose(1, 2).reshape(c_out * kh, c_in * kw),
+        kernel.permute(0, 3, 1, 2).reshape(c_out * kw, c_in * kh),
+        kernel.reshape(c_out, c_in * kh * kw),
+        kernel.transpose(0, 1).reshape(c_in, c_out * kh * kw),
+    ]
+    sig = torch.stack([power_iteration(m, n_iter=n_iter, generator=g) for m in mats])
+    return math.sqrt(kh * kw) * sig.amin()
+
+
+# --------------------------------------------------------------------------------------------------
+def _next_fast_len(n: int) -> int:
+    """Smallest 2^a 3^b 5^c ≥ n (FFT-friendly grid size)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def kernel_gram_iteration(kernel: torch.Tensor, *, n_iter: int = 6) -> torch.Tensor:
+    """Certified upper bound on the spectral norm of a convolution with zero (or circular) padding, any
+    input size.
+
+    The Gram operator of a convolution is a convolution with the self-correlated kernel (support 2s − 1); T
+    iterations give the kernel M_T of ``(K̂K̂ᴴ)^(2^(T−1))`` and the bound ``max_i (Σ_{j,u,v}
+    |M_T[i,j,u,v]|)^(2^−T)``
+    ≥ sup_ω σ1(K̂(ω)) ≥ σ1 of the layer for every input size and both paddings. It converges to sup_ω
+    σ1(K̂(ω)).
+
+    Cost. Self-convolving in the spatial domain costs (c·s_t²)² per step with s_t = 2^t(k−1)+1, which explodes
+    with T. We square in the frequency domain instead, on a grid that just covers the support of the next
+    iterate (so no aliasing, the spatial kernels are exact): each step is one rfft2, a batched c×c matrix
+    product
+    on ~s_t²/2 frequencies and one irfft2, and the total cost is dominated by the last step. The iterates are
+    rescaled by their Frobenius norm and the log-scale carried (as in :func:`~stabkit.norms.gram_iteration`).
+
+    Args:
+        kernel: real kernel (c_out, c_in, kh, kw).
+        n_iter: number of Gram iterations T (≥ 1).
+
+    Returns:
+        Upper bound, a 0-dim tensor; differentiable w.r.t. the kernel.
+
+    Raises:
+        ValueError: bad kernel or ``n_iter``.
+
+    References:
+        Delattre, Barthélemy, Allauzen, "Spectral Norm of Convolutional Layers with Circular and Zero
+        Paddings",
+        arXiv 2402.00240; thesis chapter 3b.
+    """
+    kernel = _check_kernel(kernel)
+    n_iter = check_positive_int("n_iter", n_iter)
+    if kernel.shape[1] > kernel.shape[0]:
+        kernel = kernel.transpose(0, 1)  # c_in ≤ c_out, as in the paper (the Gram below is c_out × c_out)
+    s0 = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)
+    M = kernel / s0  # (c, c', sh, sw)
+    logc = torch.log(s0)
+    sh, sw = M.shape[-2:]
+    for _ in range(n_iter):
+        r = torch.linalg.vector_norm(M.detach()).clamp_min(torch.finfo(M.dtype).tiny)
+        M = M / r
+        logc = 2.0 * (logc + torch.log(r))
+        sh, sw = 2 * sh - 1, 2 * sw - 1  # support of the self-correlation
+        nh, nw = _next_fast_len(sh), _next_fast_len(sw)
+        Mf = torch.fft.rfft2(M, s=(nh, nw)).permute(2, 3, 0, 1)  # (nh, nw//2+1, c, c')
+        Gf = Mf @ Mf.mH  # (nh, nw//2+1, c, c): symbol of the self-correlation M ⋆ M
+        G = torch.fft.irfft2(Gf.permute(2, 3, 0, 1), s=(nh, nw))  # (c, c, nh, nw), lag 0 at index 0
+        # bring lags −(s−1)…(s−1) to 0…2s−2 and drop the unused (exactly zero) rest of the grid
+        M = torch.roll(G, shifts=(sh // 2, sw // 2), dims=(-2, -1))[..., :sh, :sw]
+    rows = M.abs().sum(dim=(1, 2, 3))  # (c,) row sums of the Gram kernel
+    p = 0.5**n_iter
+    return (rows.pow(p) * torch.exp(logc * p)).amax()
