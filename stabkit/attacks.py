@@ -322,8 +322,9 @@ def minimal_perturbation(
         with torch.no_grad():
             clean_wrong = classification_margin(model(x), labels) < 0  # (B,)
         first = pgd_l2(model, x, labels, eps=eps_max, **attack)
-        best_x = _closest_on_segment(model, x, first.adversarial, labels, first.success, n_steps=n_bisect)
         found = first.success
+        best_x = _closest_on_segment(model, x, first.adversarial, labels, found, n_steps=n_bisect)
+        best_x = torch.where(found.reshape(bshape), best_x, x)
         upper = torch.where(found, (best_x - x).flatten(1).norm(dim=1), torch.inf)  # (B,)
         upper = torch.where(clean_wrong, torch.zeros_like(upper), upper)
         best_x = torch.where(clean_wrong.reshape(bshape), x, best_x)

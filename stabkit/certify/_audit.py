@@ -32,6 +32,8 @@ class AuditResult(NamedTuple):
             ball.
         violations: ``(n_violations,)`` int64 indices of those inputs.
         radius: ``(B,)`` certified radii.
+        adversarial: ``(B, ...)`` the attack's point of lowest margin for each input (the counterexample, for
+            a violation; ``x`` itself where not attacked).
         attack_margin: ``(B,)`` lowest margin (w.r.t. the clean prediction) the attack reached; negative
             marks a violation, and its value on the other points shows how close the attack came
             (``margin`` itself where not attacked).
@@ -42,6 +44,7 @@ class AuditResult(NamedTuple):
     n_violations: int
     violations: torch.Tensor
     radius: torch.Tensor
+    adversarial: torch.Tensor
     attack_margin: torch.Tensor
 
 
@@ -52,8 +55,9 @@ def soundness_audit(
     lipschitz: float | None = None,
     certificate: MarginCertificate | None = None,
     rtol: float = 1e-3,
-    n_iter: int = 100,
-    n_restarts: int = 3,
+    n_iter: int = 50,
+    n_restarts: int = 1,
+    n_targets: int = 3,
     batch_size: int = 512,
     generator: torch.Generator | None = None,
 ) -> AuditResult:
@@ -72,7 +76,9 @@ def soundness_audit(
             :func:`stabkit.certify.network_lipschitz`). Ignored if ``certificate`` is given.
         certificate: precomputed certificate of ``x`` (e.g. from :func:`stabkit.certify.certify`).
         rtol: relative shrinkage of the budget, in ``[0, 1)``.
-        n_iter, n_restarts: PGD effort per point (see :func:`stabkit.attacks.pgd_l2`).
+        n_iter, n_restarts, n_targets: PGD effort per point (see :func:`stabkit.attacks.pgd_l2`); the
+            targeted runs (capped at K − 1 classes) are what finds the worst direction of a network that is
+            nearly linear around the point.
         batch_size: attack chunk size.
         generator: torch generator for the attack's random restarts.
 
@@ -99,6 +105,7 @@ def soundness_audit(
         raise ValueError(f"certificate covers {prediction.shape[0]} inputs but x has {x.shape[0]}")
 
     attack_margin = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    adversarial = torch.empty_like(x)
     gen = resolve_generator(generator, x.device)  # one stream across chunks
     # an infinite radius (LLN with identical rows) cannot be attacked with a finite budget: cap it, the
     # claim is then only tested up to a large finite ball
@@ -107,6 +114,7 @@ def soundness_audit(
     cap = float(finite_radius.max()) * 10 + 1.0 if bool(certified.any()) else 1.0
     budget = torch.where(torch.isfinite(radius), radius, torch.full_like(radius, cap)) * (1.0 - rtol)
     budget = torch.where(certified, budget, torch.zeros_like(budget)).to(x.dtype)
+    n_targets = min(check_positive_int("n_targets", n_targets, minimum=0), _n_classes(model, x) - 1)
     for idx in torch.arange(x.shape[0], device=x.device).split(batch_size):
         res = pgd_l2(
             model,
@@ -115,9 +123,11 @@ def soundness_audit(
             eps=budget[idx],
             n_iter=n_iter,
             n_restarts=n_restarts,
+            n_targets=n_targets,
             generator=gen,
         )
         attack_margin[idx] = res.margin
+        adversarial[idx] = res.adversarial
     violated = certified & (attack_margin < 0)
     violations = violated.nonzero().squeeze(1)
     return AuditResult(
@@ -126,5 +136,16 @@ def soundness_audit(
         n_violations=int(violations.numel()),
         violations=violations,
         radius=radius,
+        adversarial=adversarial,
         attack_margin=attack_margin,
     )
+
+
+@torch.no_grad()
+def _n_classes(model: nn.Module, x: torch.Tensor) -> int:
+    was_training = model.training
+    model.eval()
+    try:
+        return int(model(x[:1]).shape[1])
+    finally:
+        model.train(was_training)

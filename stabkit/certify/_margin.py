@@ -172,7 +172,9 @@ def certified_accuracy(
     if eps.numel() == 0 or bool((eps < 0).any()) or not bool(torch.isfinite(eps).all()):
         raise ValueError(f"epsilons must be a non-empty list of finite radii >= 0, got {epsilons!r}")
     correct = prediction == labels.to(prediction.device)  # (B,)
-    certified = (radius.double()[None, :] > eps[:, None]) | (eps[:, None] == 0)  # (E, B)
+    # compare in the radius' precision, so that ε = 0.1 and a float32 radius 0.1 are equal (not certified)
+    eps_r = eps.to(radius.dtype) if radius.is_floating_point() else eps
+    certified = (radius[None, :] > eps_r[:, None]) | (eps_r[:, None] == 0)  # (E, B)
     return (certified & correct[None, :]).double().mean(dim=1)
 
 
