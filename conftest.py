@@ -1,0 +1,24 @@
+"""Test-wide set-up (repository root, so it also applies to the notebooks under nbval): outputs of notebook
+runs go to a scratch folder, never into figures/."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+# Set at import time, before nbval starts any kernel (kernels inherit the environment).
+os.environ.setdefault("STABKIT_FIGURES_DIR", tempfile.mkdtemp(prefix="stabkit-test-figures-"))
+os.environ.setdefault("STABKIT_ROOT", str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The MNIST test files of ``../shared/data`` (or ``$STABKIT_SHARED_DATA``); skipped where absent."""
+    path = Path(os.environ.get("STABKIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    if not (path / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST test files not found in {path} (only the project's own machines have ../shared/data)")
+    return path

@@ -1,0 +1,232 @@
+"""Regenerate the thesis's figures and tables: ``python -m stabkit.reproduce`` (what ``make reproduce`` runs).
+
+Each selected manifest entry's notebook is executed once with papermill; the executed copy is kept under
+``build/<scale>/``. A notebook writes into a temporary folder, and its files are moved into ``figures/`` only when
+it succeeds, so a failed run never destroys earlier outputs. The run ends with a table of what was regenerated,
+where, and how long each notebook took.
+
+Examples::
+
+    python -m stabkit.reproduce --list
+    python -m stabkit.reproduce                      # every entry at the ci scale
+    python -m stabkit.reproduce --only gi-overflow   # one figure (its notebook runs whole)
+    python -m stabkit.reproduce --scale full --device cuda
+    python -m stabkit.reproduce --only cpl-sll-aol-table -p dataset=mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from stabkit.support import SCALES, load_manifest, repo_root
+
+# papermill adds these; they change every run and would make the stored notebooks noisy.
+_VOLATILE_METADATA = ("papermill", "execution")
+
+
+class ReproductionError(RuntimeError):
+    """A notebook failed, or the request was invalid."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stabkit.reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", default="ci", help=f"one of {', '.join(SCALES)} (default: ci)")
+    parser.add_argument("--only", nargs="+", metavar="ID", help="manifest ids to regenerate (default: all)")
+    parser.add_argument("--list", action="store_true", help="print the manifest as a table and exit")
+    parser.add_argument("--device", default="cpu", help="torch device passed to the notebooks (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="root seed (default: 0)")
+    parser.add_argument("--data-root", default="data", help="data folder, relative to the repository root")
+    parser.add_argument(
+        "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="extra notebook parameter"
+    )
+    parser.add_argument(
+        "--store-outputs",
+        action="store_true",
+        help="copy the executed notebooks (ci scale, default parameters) back into notebooks/",
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.list:
+            print(manifest_table())
+            return 0
+        extra = dict(_parse_param(p) for p in args.param)
+        results = reproduce(
+            scale=args.scale,
+            only=args.only,
+            device=args.device,
+            seed=args.seed,
+            data_root=args.data_root,
+            extra=extra,
+            store_outputs=args.store_outputs,
+        )
+    except ReproductionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(results_table(results))
+    return 0
+
+
+def manifest_table() -> str:
+    """The manifest as a text table."""
+    rows = [("id", "ch", "notebook", "outputs", "ci", "full", "GPU", "published")]
+    for e in load_manifest().values():
+        rows.append(
+            (
+                e.id,
+                e.chapter,
+                e.notebook,
+                ", ".join(e.outputs),
+                e.runtime["ci"],
+                e.runtime["full"],
+                "yes" if e.full_needs_gpu else "no",
+                (e.published or "")[:40],
+            )
+        )
+    return _format_rows(rows)
+
+
+def reproduce(
+    *,
+    scale: str = "ci",
+    only: list[str] | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    data_root: str = "data",
+    extra: dict | None = None,
+    store_outputs: bool = False,
+) -> list[dict]:
+    """Run the notebooks of the selected manifest entries; return one result row per notebook."""
+    if scale not in SCALES:
+        raise ReproductionError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    extra = extra or {}
+    if store_outputs and (scale != "ci" or extra or seed != 0 or device != "cpu"):
+        raise ReproductionError("--store-outputs stores the reference ci run: use it with default parameters only")
+    manifest = load_manifest()
+    if only:
+        unknown = [i for i in only if i not in manifest]
+        if unknown:
+            raise ReproductionError(
+                f"unknown manifest id(s) {', '.join(unknown)}; `python -m stabkit.reproduce --list` shows them"
+            )
+    selected = [manifest[i] for i in (only or manifest)]
+    notebooks = list(dict.fromkeys(e.notebook for e in selected))  # manifest order, each once
+
+    import papermill as pm
+
+    root = repo_root()
+    nb_dir, out_dir = root / "notebooks", root / "figures"
+    build = root / "build" / scale
+    build.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, nb in enumerate(notebooks, 1):
+        src = nb_dir / f"{nb}.ipynb"
+        if not src.exists():
+            raise ReproductionError(f"manifest names notebook {nb!r} but {src.relative_to(root)} does not exist")
+        declared = pm.inspect_notebook(str(src))
+        params = {"scale": scale, "seed": seed, "device": device, "data_root": data_root, **extra}
+        undeclared = [k for k in params if k not in declared]
+        if undeclared:
+            if set(undeclared) <= set(extra):
+                raise ReproductionError(
+                    f"notebook {nb} has no parameter(s) {', '.join(undeclared)}; it declares {', '.join(declared)}"
+                )
+            for k in undeclared:  # a standard parameter the notebook does not use
+                params.pop(k)
+        executed = build / f"{nb}.ipynb"
+        print(f"[{i}/{len(notebooks)}] {nb} ({scale}) ...", file=sys.stderr, flush=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{nb}-", dir=root / "build"))
+        env_before = os.environ.get("STABKIT_FIGURES_DIR")
+        os.environ["STABKIT_FIGURES_DIR"] = str(tmp)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(src),
+                str(executed),
+                parameters=params,
+                cwd=str(nb_dir),
+                kernel_name="python3",
+                progress_bar=False,
+                log_output=False,
+            )
+        except pm.PapermillExecutionError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ReproductionError(
+                f"notebook {nb} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}). The executed "
+                f"notebook is at {executed.relative_to(root)}; previous figures are untouched."
+            ) from None
+        finally:
+            if env_before is None:
+                os.environ.pop("STABKIT_FIGURES_DIR", None)
+            else:
+                os.environ["STABKIT_FIGURES_DIR"] = env_before
+        seconds = time.perf_counter() - start
+        expected = {s for e in manifest.values() if e.notebook == nb for s in e.outputs}
+        produced = {p.name.split(".")[0] for p in tmp.iterdir() if not p.name.startswith(".")}
+        missing = sorted(expected - produced)
+        if missing:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ReproductionError(
+                f"notebook {nb} ran but did not write {', '.join(missing)}; previous figures are untouched"
+            )
+        out_dir.mkdir(exist_ok=True)
+        files = sorted(p for p in tmp.iterdir() if not p.name.startswith("."))
+        for p in files:
+            os.replace(p, out_dir / p.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if store_outputs:
+            store_notebook(executed, src)
+        ids = [e.id for e in manifest.values() if e.notebook == nb]
+        results.append({"notebook": nb, "ids": ids, "files": len(files), "seconds": seconds})
+        print(f"      done in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return results
+
+
+def store_notebook(executed: Path, dest: Path) -> None:
+    """Copy an executed notebook to ``dest`` without papermill's volatile metadata and injected cell."""
+    nb = json.loads(executed.read_text())
+    nb["cells"] = [c for c in nb["cells"] if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    for key in _VOLATILE_METADATA:
+        nb["metadata"].pop(key, None)
+    for cell in nb["cells"]:
+        for key in _VOLATILE_METADATA:
+            cell.get("metadata", {}).pop(key, None)
+    dest.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def results_table(results: list[dict]) -> str:
+    """The closing table: what was regenerated, where, and how long each notebook took."""
+    rows = [("notebook", "ids", "files", "where", "time")]
+    for r in results:
+        rows.append((r["notebook"], ", ".join(r["ids"]), str(r["files"]), "figures/", f"{r['seconds']:.1f} s"))
+    total = sum(r["seconds"] for r in results)
+    rows.append(("total", "", str(sum(r["files"] for r in results)), "", f"{total:.1f} s"))
+    return _format_rows(rows)
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ReproductionError(f"parameter {text!r} is not of the form KEY=VALUE")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # a bare word is a string
+
+
+def _format_rows(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
