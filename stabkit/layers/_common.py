@@ -1,0 +1,108 @@
+"""Shared pieces of the Lipschitz layers: argument parsing, initialisation, Gram bounds.
+
+Note [Gram bound]
+-----------------
+Every rescaled or residual layer here needs a diagonal ``diag(t)`` that dominates a Gram operator ``G = AᵀA``
+(``G ⪯ diag(t)``). The weighted Gershgorin bound gives one in closed form: for a symmetric ``G`` and positive
+weights ``q``, ``t_i = Σ_j |G_ij| q_j / q_i`` satisfies ``G ⪯ diag(t)`` because
+``xᵀ(diag(t) − G)x ≥ ½ Σ_ij |G_ij| (√(q_j/q_i)|x_i| − √(q_i/q_j)|x_j|)² ≥ 0`` (Araujo et al. 2023, Thm 3).
+With ``q = 1`` this is AOL (Prach & Lampert 2022). Spectral Rescaling (Delattre et al. 2024) tightens it by
+applying the same bound to the Gram power ``G^(2^(T−1))`` and taking the ``2^-(T−1)``-th root: the map
+``X ↦ X^p`` is operator monotone for ``0 < p ≤ 1`` (Löwner–Heinz), so ``G^(2^(T−1)) ⪯ diag(s)`` implies
+``G ⪯ diag(s^(2^-(T−1)))``. ``T = 1`` is the plain bound; ``T → ∞`` tends to ``‖G‖ I``.
+
+For a convolution with kernel ``K`` (c_out, c_in, kh, kw) the Gram operator ``KᵀK`` (or ``KKᵀ``) is itself a
+convolution, whose kernel is ``conv2d(Kᵀ, Kᵀ, padding=(kh−1, kw−1))`` (shape (c, c, 2kh−1, 2kw−1)); summing
+``|·|`` over (j, u, v) gives the Gershgorin row sums of the operator on the infinite grid, which dominate
+those of any zero-padded or circular restriction, so the bound holds for every input size. Squaring the
+operator is self-convolving its (symmetric) kernel again.
+
+The powers are rescaled by their Frobenius norm at every step (the scale kept in log space) so that float32
+does not overflow; the norm is taken without gradient, which does not change the gradient because the scale
+cancels exactly in the returned value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from stabkit._checks import check_positive_int, resolve_generator
+
+
+def pair_odd(name: str, kernel_size: object) -> tuple[int, int]:
+    """Parse ``kernel_size`` (int or pair) and check both are odd (padding k//2 keeps the size)."""
+    ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)  # type: ignore[arg-type]
+    if len(ks) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {kernel_size!r}")
+    for k in ks:
+        check_positive_int(name, k)
+        if k % 2 == 0:
+            raise ValueError(
+                f"{name} must be odd (padding k//2 keeps the size only for odd kernels), got {kernel_size!r}"
+            )
+    return int(ks[0]), int(ks[1])
+
+
+def normal_(
+    tensor: torch.Tensor, std: float, generator: torch.Generator | None
+) -> torch.Tensor:  # in-place init from an explicit generator
+    g = resolve_generator(generator, tensor.device)
+    with torch.no_grad():
+        tensor.copy_(torch.randn(tensor.shape, generator=g, device=tensor.device, dtype=tensor.dtype) * std)
+    return tensor
+
+
+def uniform_(tensor: torch.Tensor, bound: float, generator: torch.Generator | None) -> torch.Tensor:
+    g = resolve_generator(generator, tensor.device)
+    with torch.no_grad():
+        u = torch.rand(tensor.shape, generator=g, device=tensor.device, dtype=tensor.dtype)
+        tensor.copy_((2 * u - 1) * bound)
+    return tensor
+
+
+def gram_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """Kernel of the Gram operator ``KKᵀ`` of a conv with kernel ``K`` (n, m, kh, kw), on the n side.
+
+    Shape: (n, m, kh, kw) → (n, n, 2kh−1, 2kw−1).
+    """
+    kh, kw = kernel.shape[-2:]
+    return F.conv2d(kernel, kernel, padding=(kh - 1, kw - 1))
+
+
+def gram_bound(gram: torch.Tensor, *, n_iter: int = 1, log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Diagonal ``t`` with ``G ⪯ diag(t)`` from a Gram matrix (n, n) or Gram kernel (n, n, s, s).
+
+    See Note [Gram bound]. ``log_q`` holds the log of the Gershgorin weights (``None`` = all ones).
+
+    Shape: (n, n) or (n, n, sh, sw) → (n,).
+    """
+    m = gram
+    logr = gram.new_zeros(())
+    for _ in range(n_iter - 1):
+        r = torch.linalg.vector_norm(m.detach()).clamp_min(torch.finfo(m.dtype).tiny)
+        m = m / r
+        logr = 2 * (logr + torch.log(r))
+        if m.ndim == 2:
+            m = m @ m  # G is symmetric: G Gᵀ = G²
+        else:
+            sh, sw = m.shape[-2:]
+            m = F.conv2d(m, m, padding=(sh - 1, sw - 1))  # (n, n, 2sh−1, 2sw−1): kernel of G²
+    a = m.abs()
+    if a.ndim == 4:
+        a = a.sum(dim=(2, 3))  # (n, n): sum over the spatial offsets
+    if log_q is None:
+        s = a.sum(dim=1)
+    else:
+        # Σ_j |G_ij| q_j / q_i
+        s = (a @ torch.exp(log_q)) * torch.exp(-log_q)
+    p = 2.0 ** (-(n_iter - 1))
+    # clamp: an all-zero row (dead unit) would give 0 and divide by zero; any positive value is then valid
+    s = s.clamp_min(torch.finfo(s.dtype).tiny)
+    return torch.exp(p * (torch.log(s) + logr))
+
+
+def fan_in_bound(fan_in: int) -> float:
+    return 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0

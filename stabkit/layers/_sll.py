@@ -1,0 +1,173 @@
+"""SDP-based Lipschitz layers (SLL): residual layers ``x − 2 Aᵀ T⁻¹ relu(A x + b)`` with ``AAᵀ ⪯ T``.
+
+With ``n_iter > 1`` the diagonal T comes from a Gram power (Note [Gram bound] in ``_common.py``): this is the
+residual Spectral-Rescaling variant with learnable q of THESIS.md §4.2, and ``n_iter = 1`` is SLL itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stabkit._checks import check_positive_int
+
+from ._common import fan_in_bound, gram_bound, gram_kernel, normal_, pair_odd, uniform_
+
+
+class SLLLinear(nn.Module):
+    r"""SDP-based Lipschitz dense residual layer: ``h(x) = x − 2 Aᵀ T⁻¹ relu(A x + b)``; 1-Lipschitz in ℓ2.
+
+    ``A`` (inner_features × features) is the learned weight and ``T = diag(t)`` with the weighted Gershgorin
+    bound ``t_i = Σ_j |AAᵀ|_ij q_j / q_i`` (``q = exp(log_q)`` learned), which satisfies ``AAᵀ ⪯ T``; Araujo
+    et al. (2023, Thm 3) show that then ``h`` is 1-Lipschitz for any slope-restricted activation in [0, 1]
+    (ReLU here). ``n_iter > 1`` uses the Gram power ``(AAᵀ)^(2^(n_iter−1))`` for a tighter T (THESIS.md
+    §4.2, residual SR).
+
+    Args:
+        features: width of the input and the output.
+        inner_features: width of the hidden pre-activation (default: ``features``).
+        bias: whether to learn the inner bias b.
+        n_iter: Gram-power steps (1 = SLL).
+        generator: random generator for the initialisation (``None`` = seeded 0).
+
+    Shape:
+        (*, features) → (*, features).
+
+    References:
+        Araujo, Havens, Delattre, Allauzen, Hu, *A Unified Algebraic Perspective on Lipschitz Neural
+        Networks*, ICLR 2023, arXiv 2303.03169 (thesis ch. 4).
+    """
+
+    lipschitz = 1.0
+
+    def __init__(
+        self,
+        features: int,
+        inner_features: int | None = None,
+        bias: bool = True,
+        *,
+        n_iter: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.features = check_positive_int("features", features)
+        self.inner_features = check_positive_int(
+            "inner_features", features if inner_features is None else inner_features
+        )
+        self.n_iter = check_positive_int("n_iter", n_iter)
+        kw = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(self.inner_features, features, **kw))  # A: (inner, features)
+        self.bias = nn.Parameter(torch.empty(self.inner_features, **kw)) if bias else None
+        self.log_q = nn.Parameter(torch.zeros(self.inner_features, **kw))
+        self.reset_parameters(generator=generator)
+
+    def reset_parameters(self, *, generator: torch.Generator | None = None) -> None:
+        """Xavier-normal weight, torch's uniform bias, q = 1 (log_q = 0)."""
+        normal_(self.weight, math.sqrt(2.0 / (self.features + self.inner_features)), generator)
+        if self.bias is not None:
+            uniform_(self.bias, fan_in_bound(self.features), generator)
+        with torch.no_grad():
+            self.log_q.zero_()
+
+    def gram_diagonal(self) -> torch.Tensor:
+        """The diagonal ``t`` (inner_features,) of T, with ``AAᵀ ⪯ diag(t)``."""
+        w = self.weight
+        return gram_bound(w @ w.T, n_iter=self.n_iter, log_q=self.log_q)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.relu(F.linear(x, self.weight, self.bias))  # (*, inner)
+        # fold 2/t into the (small) weight rather than scaling the (large) activation
+        w_out = self.weight * (2.0 / self.gram_diagonal())[:, None]  # (inner, features)
+        return x - z @ w_out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.features}, inner_features={self.inner_features}, bias={self.bias is not None}, "
+            f"n_iter={self.n_iter}"
+        )
+
+
+class SLLConv2d(nn.Module):
+    r"""SDP-based Lipschitz convolutional residual layer; 1-Lipschitz in ℓ2 for every input size.
+
+    ``h(x) = x − conv_transpose2d(relu(conv2d(x, K) + b), K ⊙ 2/t)`` with ``K`` (inner_channels, channels,
+    kh, kw), zero padding ``k // 2`` and ``t_i = Σ_{j,u,v} |G_ijuv| q_j / q_i`` where ``G = conv2d(K, K,
+    padding=k − 1)`` is the kernel of the Gram operator ``KKᵀ`` (Note [Gram bound] in ``_common.py``). The
+    Gram kernel is computed once per forward pass and the scale is folded into the kernel of the transposed
+    convolution, so a training step does the two batch-sized convolutions (and their four backward ones) and
+    nothing else of batch size.
+
+    Args:
+        channels: channels of the input and the output.
+        inner_channels: channels of the hidden pre-activation (default: ``channels``).
+        kernel_size: odd int or pair of odd ints.
+        bias: whether to learn the inner bias.
+        n_iter: Gram-power steps (1 = SLL; ``> 1`` = residual SR of THESIS.md §4.2).
+        generator: random generator for the initialisation (``None`` = seeded 0).
+
+    Shape:
+        (B, channels, H, W) → (B, channels, H, W).
+
+    Raises:
+        ValueError: even kernel size, non-positive sizes.
+
+    References:
+        Araujo et al., ICLR 2023, arXiv 2303.03169 (thesis ch. 4).
+    """
+
+    lipschitz = 1.0
+
+    def __init__(
+        self,
+        channels: int,
+        inner_channels: int | None = None,
+        kernel_size: int | tuple[int, int] = 3,
+        bias: bool = True,
+        *,
+        n_iter: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.channels = check_positive_int("channels", channels)
+        self.inner_channels = check_positive_int(
+            "inner_channels", channels if inner_channels is None else inner_channels
+        )
+        self.kernel_size = pair_odd("kernel_size", kernel_size)
+        self.padding = (self.kernel_size[0] // 2, self.kernel_size[1] // 2)
+        self.n_iter = check_positive_int("n_iter", n_iter)
+        kw = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(self.inner_channels, channels, *self.kernel_size, **kw))
+        self.bias = nn.Parameter(torch.empty(self.inner_channels, **kw)) if bias else None
+        self.log_q = nn.Parameter(torch.zeros(self.inner_channels, **kw))
+        self.reset_parameters(generator=generator)
+
+    def reset_parameters(self, *, generator: torch.Generator | None = None) -> None:
+        """Xavier-normal kernel, torch's uniform bias, q = 1."""
+        kk = self.kernel_size[0] * self.kernel_size[1]
+        normal_(self.weight, math.sqrt(2.0 / ((self.channels + self.inner_channels) * kk)), generator)
+        if self.bias is not None:
+            uniform_(self.bias, fan_in_bound(self.channels * kk), generator)
+        with torch.no_grad():
+            self.log_q.zero_()
+
+    def gram_diagonal(self) -> torch.Tensor:
+        """The diagonal ``t`` (inner_channels,) with ``KKᵀ ⪯ diag(t)`` as operators."""
+        return gram_bound(gram_kernel(self.weight), n_iter=self.n_iter, log_q=self.log_q)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))  # (B, inner, H, W)
+        w_out = self.weight * (2.0 / self.gram_diagonal())[:, None, None, None]  # (inner, c, kh, kw)
+        return x - F.conv_transpose2d(z, w_out, padding=self.padding)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, inner_channels={self.inner_channels}, kernel_size={self.kernel_size}, "
+            f"bias={self.bias is not None}, n_iter={self.n_iter}"
+        )
