@@ -7,7 +7,10 @@ from torch import nn
 
 from stabkit.attacks import classification_margin, minimal_perturbation, pgd_l2
 from stabkit.certify import certify, margin_certificate, soundness_audit
-from stabkit.losses import multiclass_hinge
+from stabkit.data import load
+from stabkit.losses import multiclass_hinge, offset_cross_entropy
+from stabkit.models import LipschitzNet
+from stabkit.train import fit, supervised
 
 
 def _linear(W, b):
@@ -45,9 +48,7 @@ def test_pgd_targeted_reaches_the_exact_worst_margin_of_a_linear_model():
         worst = (gap - eps * dist).min(1).values
         torch.testing.assert_close(res.margin, worst, rtol=1e-9, atol=1e-9)
         assert bool(((res.adversarial - x).norm(dim=1) <= eps * (1 + 1e-12)).all())
-        torch.testing.assert_close(
-            res.margin, classification_margin(_linear(W, b)(res.adversarial).detach(), y)
-        )
+        torch.testing.assert_close(res.margin, classification_margin(_linear(W, b)(res.adversarial).detach(), y))
         assert torch.equal(res.success, res.margin < 0)
 
 
@@ -98,12 +99,8 @@ def test_minimal_perturbation_matches_the_exact_distance():
     y, gap, dist = _pairwise(W, b, x)
     exact = (gap / dist).min(1).values
     model = _linear(W, b)
-    res = minimal_perturbation(
-        model, x, y, eps_max=float(exact.max()) * 2, n_bisect=10, n_targets=4, n_iter=10
-    )
-    assert bool(
-        (res.radius >= exact * (1 - 1e-9)).all()
-    )  # an explicit adversarial is never closer than exact
+    res = minimal_perturbation(model, x, y, eps_max=float(exact.max()) * 2, n_bisect=10, n_targets=4, n_iter=10)
+    assert bool((res.radius >= exact * (1 - 1e-9)).all())  # an explicit adversarial is never closer than exact
     torch.testing.assert_close(res.radius, exact, rtol=3e-3, atol=0)
     assert bool((classification_margin(model(res.adversarial).detach(), y) < 0).all())
     # misclassified inputs get radius 0; unreachable ones inf
@@ -147,9 +144,7 @@ def test_audit_linear_honest_tight_and_lying():
     honest = soundness_audit(model, x, lipschitz=lip, n_targets=4)
     assert honest.n_certified == 100 and honest.n_violations == 0
     # an orthogonal map makes the margin certificate exactly tight: still no violation (budget shrunk by rtol)
-    Q, _ = torch.linalg.qr(
-        torch.randn(10, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    )
+    Q, _ = torch.linalg.qr(torch.randn(10, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
     tight = soundness_audit(_linear(Q[:5], b), x, lipschitz=1.0, n_targets=4)
     assert tight.n_violations == 0
     assert float(tight.attack_margin.min()) < 1e-2 * float(
@@ -171,40 +166,33 @@ def _check_violations_are_real(model, x, audit):
 
 
 def _digits(n_train=1000):
-    datasets = pytest.importorskip("sklearn.datasets")
-    d = datasets.load_digits()
-    X = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None]  # (1797, 1, 8, 8) in [0, 1]
-    y = torch.tensor(d.target, dtype=torch.int64)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    X, y = X[perm], y[perm]
-    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+    data = load("digits", generator=torch.Generator().manual_seed(0))
+    return data.x_train[:n_train], data.y_train[:n_train], data.x_test, data.y_test
 
 
-def _train(model, X, y, *, epochs, lr=3e-3, seed=0):
-    # TODO(lipcert): switch to stabkit.train.fit once the foundation lands on main
+def _train(model, X, y, *, epochs, lr=3e-3, seed=0, loss=None):
+    loss = loss or (lambda z, t: multiclass_hinge(z, t, margin=1.0))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=g).split(64):
-            loss = multiclass_hinge(model(X[idx]), y[idx], margin=1.0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    fit(
+        model,
+        (X, y),
+        objective=supervised(loss),
+        optimizer=opt,
+        epochs=epochs,
+        batch_size=64,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return model.eval()
 
 
 def test_audit_trained_mlp_with_its_exact_product_bound_is_clean():
     Xtr, ytr, Xte, yte = _digits()
     torch.manual_seed(0)  # init of the test model only; the library never seeds
-    model = _train(
-        nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), Xtr, ytr, epochs=4
-    )
+    model = _train(nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), Xtr, ytr, epochs=4)
     lip = 1.0
     for m in model:
         if isinstance(m, nn.Linear):
-            lip *= float(
-                torch.linalg.matrix_norm(m.weight.detach(), 2)
-            )  # exact per layer: a true upper bound
+            lip *= float(torch.linalg.matrix_norm(m.weight.detach(), 2))  # exact per layer: a true upper bound
     x = Xte[:150]
     audit = soundness_audit(model, x, lipschitz=lip, n_iter=20, n_targets=3)
     assert audit.n_certified > 100
@@ -233,3 +221,17 @@ def test_audit_catches_torch_spectral_norm_conv_claimed_one_lipschitz():
     audit = soundness_audit(model, x, certificate=cert, n_iter=20, n_targets=3)
     assert audit.n_violations > 0
     _check_violations_are_real(model, x, audit)
+
+
+@pytest.mark.parametrize("layer", ["sll", "cpl", "aol", "sr"])
+def test_audit_trained_lipschitz_nets_have_no_violation(layer):
+    Xtr, ytr, Xte, yte = _digits(600)
+    model = LipschitzNet((1, 8, 8), 10, layer=layer, size="tiny", pool=2)
+    loss = offset_cross_entropy if layer in ("sll", "aol") else (lambda z, t: multiclass_hinge(z, t, margin=0.7))
+    model = _train(model, Xtr, ytr, epochs=3, lr=5e-3, loss=loss)
+    x = Xte[:120]
+    cert = certify(model, x)  # LLN certificate with the body's guaranteed constant
+    assert int((cert.radius > 0).sum()) > 60
+    assert float(cert.radius.max()) > 0.05  # non-trivial balls, so the audit tests something
+    audit = soundness_audit(model, x, certificate=cert, n_iter=20, n_targets=3)
+    assert audit.n_violations == 0, f"{layer}: {audit.n_violations} points broken inside their certified ball"

@@ -50,9 +50,7 @@ class MarginCertificate(NamedTuple):
 def _check_logits(logits: torch.Tensor) -> torch.Tensor:
     check_tensor("logits", logits, ndim=2)
     if logits.shape[1] < 2:
-        raise ValueError(
-            f"logits must have at least 2 classes (shape (B, K), K >= 2), got shape {tuple(logits.shape)}"
-        )
+        raise ValueError(f"logits must have at least 2 classes (shape (B, K), K >= 2), got shape {tuple(logits.shape)}")
     return logits
 
 
@@ -92,9 +90,7 @@ def margin_certificate(logits: torch.Tensor, *, lipschitz: float) -> MarginCerti
     return MarginCertificate(top2.indices[:, 0], margin / (math.sqrt(2.0) * lipschitz))
 
 
-def lln_certificate(
-    logits: torch.Tensor, weight: torch.Tensor, *, lipschitz: float = 1.0
-) -> MarginCertificate:
+def lln_certificate(logits: torch.Tensor, weight: torch.Tensor, *, lipschitz: float = 1.0) -> MarginCertificate:
     """Certificate of a network ``z = W h(x) + b`` whose body ``h`` is ``lipschitz``-Lipschitz.
 
     The difference ``z_y − z_j = (w_y − w_j)ᵀ h(x) + b_y − b_j`` is ``‖w_y − w_j‖·L``-Lipschitz, so the
@@ -165,9 +161,7 @@ def certified_accuracy(
     prediction, radius = certificate
     check_tensor("labels", labels, ndim=1)
     if labels.shape != prediction.shape:
-        raise ValueError(
-            f"labels has shape {tuple(labels.shape)} but the certificate has {tuple(prediction.shape)}"
-        )
+        raise ValueError(f"labels has shape {tuple(labels.shape)} but the certificate has {tuple(prediction.shape)}")
     eps = torch.as_tensor(epsilons, dtype=torch.float64, device=radius.device).reshape(-1)  # (E,)
     if eps.numel() == 0 or bool((eps < 0).any()) or not bool(torch.isfinite(eps).all()):
         raise ValueError(f"epsilons must be a non-empty list of finite radii >= 0, got {epsilons!r}")
@@ -178,26 +172,42 @@ def certified_accuracy(
     return (certified & correct[None, :]).double().mean(dim=1)
 
 
-def network_lipschitz(model: nn.Module) -> float:
+def network_lipschitz(model: nn.Module, *, head: bool = True) -> float:
     """The ℓ2 Lipschitz constant that a network *guarantees* by construction.
 
-    A model declares its guarantee through a ``lipschitz`` attribute (a number, or a method returning one).
-    This is the constant the certificate uses; it is a claim, checked by
-    :func:`stabkit.certify.soundness_audit` and cross-checked by the Gram-iteration product bound of
-    :mod:`stabkit.lipschitz`.
+    A model declares its guarantee through a ``lipschitz_constant(head=...)`` method (as
+    :class:`stabkit.models.LipschitzNet` does; ``head=False`` excludes the LLN last layer) or a ``lipschitz``
+    attribute (a number, or a method returning one; the stabkit layers' class attribute). This is the
+    constant the certificate uses; it is a claim, checked by :func:`stabkit.certify.soundness_audit` and
+    cross-checked by the Gram-iteration product bound of :mod:`stabkit.lipschitz`.
+
+    Args:
+        model: the network.
+        head: include the last layer; False gives the constant of the body, for the LLN certificate (only
+            meaningful with ``lipschitz_constant``; a plain ``lipschitz`` claim is returned as is).
 
     Raises:
-        ValueError: if the model declares nothing: pass ``lipschitz=`` explicitly then.
+        ValueError: if the model declares nothing (pass ``lipschitz=`` explicitly then), or declares an
+            infinite constant (an unconstrained network: bound it, e.g. with :mod:`stabkit.lipschitz`).
     """
-    claim = getattr(model, "lipschitz", None)
-    if callable(claim):
-        claim = claim()
+    method = getattr(model, "lipschitz_constant", None)
+    if callable(method):
+        claim = method(head=head)
+    else:
+        claim = getattr(model, "lipschitz", None)
+        if callable(claim):
+            claim = claim()
     if claim is None:
         raise ValueError(
-            f"{type(model).__name__} declares no Lipschitz guarantee (no `lipschitz` attribute); "
-            "pass lipschitz=<an upper bound of its l2 Lipschitz constant> explicitly"
+            f"{type(model).__name__} declares no Lipschitz guarantee (no `lipschitz_constant()` or "
+            "`lipschitz`); pass lipschitz=<an upper bound of its l2 Lipschitz constant> explicitly"
         )
-    return check_positive_float("model.lipschitz", float(claim))
+    if float(claim) == float("inf"):
+        raise ValueError(
+            f"{type(model).__name__} guarantees no finite Lipschitz constant (an unconstrained network); "
+            "pass lipschitz=<an upper bound>, e.g. the product of its layers' Gram-iteration bounds"
+        )
+    return check_positive_float("model Lipschitz constant", float(claim))
 
 
 def _lln_weight(model: nn.Module) -> torch.Tensor | None:
@@ -226,8 +236,8 @@ def certify(
     The model is evaluated in eval mode (its mode is restored afterwards), by chunks of ``batch_size``.
 
     Args:
-        model: the network; its guarantee is read by :func:`network_lipschitz` unless ``lipschitz`` is
-            given.
+        model: the network; its guarantee is read by :func:`network_lipschitz` (``head=False`` for the LLN
+            certificate) unless ``lipschitz`` is given.
         x: ``(B, ...)`` inputs, on the model's device.
         lipschitz: upper bound of the network's Lipschitz constant (of the body, for LLN); overrides the
             claim.
@@ -240,7 +250,6 @@ def certify(
     """
     check_tensor("x", x, min_ndim=1)
     check_positive_int("batch_size", batch_size)
-    lip = network_lipschitz(model) if lipschitz is None else check_positive_float("lipschitz", lipschitz)
     was_training = model.training
     model.eval()
     try:
@@ -250,6 +259,10 @@ def certify(
         model.train(was_training)
     if lln and weight is None:
         raise ValueError("lln=True but the model's last layer has no normalized_weight() method")
+    if lipschitz is None:  # the body's constant for LLN, the whole network's otherwise
+        lip = network_lipschitz(model, head=weight is None)
+    else:
+        lip = check_positive_float("lipschitz", lipschitz)
     if weight is not None:
         return lln_certificate(logits, weight, lipschitz=lip)
     return margin_certificate(logits, lipschitz=lip)
