@@ -55,9 +55,7 @@ def test_offset_cross_entropy_closed_form():
         tau, off = 0.25, SLL_OFFSET
         shifted = logits.clone()
         shifted[torch.arange(len(labels)), labels] -= off
-        expected = tau * (
-            torch.logsumexp(shifted / tau, 1) - shifted.gather(1, labels[:, None]).squeeze(1) / tau
-        )
+        expected = tau * (torch.logsumexp(shifted / tau, 1) - shifted.gather(1, labels[:, None]).squeeze(1) / tau)
         torch.testing.assert_close(offset_cross_entropy(logits, labels), expected.mean())
 
 
@@ -67,9 +65,7 @@ def test_offset_cross_entropy_tends_to_a_hinge_as_temperature_vanishes():
     z_y = logits.gather(1, labels[:, None]).squeeze(1)
     others = logits.scatter(1, labels[:, None], -math.inf).max(1).values
     hinge = F.relu(others - z_y + SLL_OFFSET).mean()
-    torch.testing.assert_close(
-        offset_cross_entropy(logits, labels, temperature=1e-4), hinge, rtol=1e-3, atol=1e-3
-    )
+    torch.testing.assert_close(offset_cross_entropy(logits, labels, temperature=1e-4), hinge, rtol=1e-3, atol=1e-3)
 
 
 def _small_cnn():
@@ -91,9 +87,7 @@ def test_layer_bounds_are_upper_bounds_of_the_exact_operator_norms():
     # exact operator norms on the 8×8 input (explicit zero-padding matrices; stride 2 included)
     exact = {
         "0": torch.linalg.matrix_norm(norms.conv_matrix(model[0].weight.detach(), 8, padding="zero"), 2),
-        "2": torch.linalg.matrix_norm(
-            norms.conv_matrix(model[2].weight.detach(), 8, padding="zero", stride=2), 2
-        ),
+        "2": torch.linalg.matrix_norm(norms.conv_matrix(model[2].weight.detach(), 8, padding="zero", stride=2), 2),
         "5": torch.linalg.matrix_norm(model[5].weight.detach(), 2),
     }
     for name, value in bounds.items():
