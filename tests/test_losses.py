@@ -93,6 +93,16 @@ def test_layer_bounds_are_upper_bounds_of_the_exact_operator_norms():
     for name, value in bounds.items():
         assert value.item() >= exact[name].item() * (1 - 1e-12), name
         assert value.item() <= exact[name].item() * 3, name  # and not absurdly loose at T = 6
+    # with the input size: circular DFT-block bound at n + k − 1 per conv, still above the zero-padding truth
+    sized = layer_spectral_bounds(model, input_shape=(1, 8, 8))
+    for name, value in sized.items():
+        assert value.item() >= exact[name].item() * (1 - 1e-12), name
+        assert value.item() <= bounds[name].item() * (1 + 1e-9), name  # at least as tight as the kernel bound
+    # the circular layer on n×n is bounded at n itself (no padding growth)
+    circ = nn.Conv2d(3, 5, 3, padding=1, padding_mode="circular").double()
+    (b,) = layer_spectral_bounds(circ, input_shape=(3, 6, 6)).values()
+    exact_circ = norms.conv_spectral_norm_exact(circ.weight.detach(), 6)
+    assert exact_circ.item() * (1 - 1e-12) <= b.item() <= exact_circ.item() * 1.01
 
 
 def test_lipschitz_penalty_matches_relu_of_bounds_and_its_gradient():
@@ -115,9 +125,10 @@ def test_penalty_descent_brings_every_layer_bound_below_threshold():
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     for _ in range(60):
         opt.zero_grad()
-        lipschitz_penalty(model, n_iter=4).backward()
+        lipschitz_penalty(model, n_iter=4, input_shape=(1, 8, 8)).backward()
         opt.step()
-    assert all(b.item() <= 1.0 + 1e-2 for b in layer_spectral_bounds(model, n_iter=4).values())
+    bounds = layer_spectral_bounds(model, n_iter=4, input_shape=(1, 8, 8)).values()
+    assert all(b.item() <= 1.0 + 1e-2 for b in bounds)
 
 
 def test_loss_bad_input():
