@@ -83,14 +83,10 @@ def _plain_init(module: nn.Module, generator: torch.Generator) -> None:
             if isinstance(m, nn.Conv2d | nn.Linear):
                 fan_in = m.weight[0].numel()
                 bound = 1.0 / math.sqrt(fan_in)
-                w = torch.rand(
-                    m.weight.shape, generator=generator, device=m.weight.device, dtype=m.weight.dtype
-                )
+                w = torch.rand(m.weight.shape, generator=generator, device=m.weight.device, dtype=m.weight.dtype)
                 m.weight.copy_((2 * w - 1) * bound)
                 if m.bias is not None:
-                    b = torch.rand(
-                        m.bias.shape, generator=generator, device=m.bias.device, dtype=m.bias.dtype
-                    )
+                    b = torch.rand(m.bias.shape, generator=generator, device=m.bias.device, dtype=m.bias.dtype)
                     m.bias.copy_((2 * b - 1) * bound)
 
 
@@ -112,7 +108,8 @@ class LipschitzNet(nn.Module):
         size: a key of :data:`SIZES` (case-insensitive) or a :class:`NetSize`.
         kernel_size: odd kernel size of the conv layers.
         pool: pooling window (4 in the papers; 1 = no pooling).
-        n_iter: Gram-power steps for ``"sr"`` (default 3) and ``"sll"`` (default 1).
+        n_iter: Gram-power steps for ``"sr"`` (default 2: the conv cost grows fast with it, see
+            :class:`~stabkit.layers.SRConv2d`) and ``"sll"`` (default 1).
         mean, std: optional per-channel (per-feature) input normalisation.
         generator: random generator for the initialisation (``None`` = seeded 0).
 
@@ -217,7 +214,7 @@ class LipschitzNet(nn.Module):
         if self.layer == "aol":
             return nn.Sequential(AOLConv2d(c, c, k, **lk), MaxMin())
         if self.layer == "sr":
-            return nn.Sequential(SRConv2d(c, c, k, n_iter=n_iter or 3, **lk), MaxMin())
+            return nn.Sequential(SRConv2d(c, c, k, n_iter=n_iter or 2, **lk), MaxMin())
         lk = {k_: v for k_, v in lk.items() if k_ != "generator"}
         return _PlainResidualConv(c, k, **lk)
 
@@ -229,7 +226,7 @@ class LipschitzNet(nn.Module):
         if self.layer == "aol":
             return nn.Sequential(AOLLinear(d, d, **lk), MaxMin())
         if self.layer == "sr":
-            return nn.Sequential(SRLinear(d, d, n_iter=n_iter or 3, **lk), MaxMin())
+            return nn.Sequential(SRLinear(d, d, n_iter=n_iter or 2, **lk), MaxMin())
         lk = {k_: v for k_, v in lk.items() if k_ != "generator"}
         return _PlainResidualLinear(d, inner, **lk)
 

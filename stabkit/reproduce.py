@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="ci", help=f"one of {', '.join(SCALES)} (default: ci)")
     parser.add_argument("--only", nargs="+", metavar="ID", help="manifest ids to regenerate (default: all)")
     parser.add_argument("--list", action="store_true", help="print the manifest as a table and exit")
+    parser.add_argument("--markdown", action="store_true", help="with --list: a Markdown table (the README's)")
     parser.add_argument("--device", default="cpu", help="torch device passed to the notebooks (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="root seed (default: 0)")
     parser.add_argument("--data-root", default="data", help="data folder, relative to the repository root")
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.list:
-            print(manifest_table())
+            print(manifest_markdown() if args.markdown else manifest_table())
             return 0
         extra = dict(_parse_param(p) for p in args.param)
         results = reproduce(
@@ -91,6 +92,19 @@ def manifest_table() -> str:
             )
         )
     return _format_rows(rows)
+
+
+def manifest_markdown() -> str:
+    """The manifest as the Markdown table of the README (a test keeps the README in sync)."""
+    lines = [
+        "| id | ch | notebook | what | ci | full | GPU for full | published |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in load_manifest().values():
+        gpu = "yes" if e.full_needs_gpu else "no"
+        row = [f"`{e.id}`", e.chapter, f"`{e.notebook}`", e.title, e.runtime["ci"], e.runtime["full"], gpu]
+        lines.append("| " + " | ".join([*row, e.published or ""]) + " |")
+    return "\n".join(lines)
 
 
 def reproduce(

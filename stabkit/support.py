@@ -162,13 +162,15 @@ class Context:
                 f"(declared: {', '.join(sorted(self._stems)) or 'none'}); add it to the entry's outputs"
             )
 
-    def save_table(self, df, stem: str) -> Path:
-        """Write the numbers behind a figure as ``<stem>.csv`` (so the figure can be redrawn without recomputing)."""
+    def save_table(self, df, stem: str) -> None:
+        """Write the numbers behind a figure as ``<stem>.csv`` (so the figure can be redrawn without recomputing).
+
+        Returns nothing, so that a notebook cell ending with it displays nothing (no paths in stored outputs).
+        """
         self._check_stem(stem)
         path = figures_dir() / f"{stem}.csv"
         _atomic_write(path, df.to_csv(index=False, float_format="%.8g", lineterminator="\n").encode())
         self._record(path.name)
-        return path
 
     def load_table(self, stem: str):
         """Read back a table written by :meth:`save_table`."""
@@ -177,14 +179,13 @@ class Context:
         self._check_stem(stem)
         return pd.read_csv(figures_dir() / f"{stem}.csv")
 
-    def save_figure(self, fig, stem: str) -> tuple[Path, Path]:
-        """Save ``fig`` as ``<stem>.png`` and ``<stem>.pdf``, byte-stable, and close it. Prints nothing."""
+    def save_figure(self, fig, stem: str) -> None:
+        """Save ``fig`` as ``<stem>.png`` and ``<stem>.pdf``, byte-stable, and close it. Prints and returns nothing."""
         import io
 
         import matplotlib.pyplot as plt
 
         self._check_stem(stem)
-        paths = []
         for ext, meta in (
             ("png", {"Software": None}),
             ("pdf", {"Creator": None, "Producer": None, "CreationDate": None}),
@@ -194,9 +195,7 @@ class Context:
             path = figures_dir() / f"{stem}.{ext}"
             _atomic_write(path, buf.getvalue())
             self._record(path.name)
-            paths.append(path)
         plt.close(fig)
-        return paths[0], paths[1]
 
     def _record(self, name: str) -> None:
         if name not in self._outputs:

@@ -1,5 +1,6 @@
 """Hessian-vector products, top eigenvalues, trace and spectral density against exact Hessians."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,14 @@ def test_hvp_float32_cnn_close_to_float64():
     H64 = HessianOperator(model.double(), (x.double(), y))
     v = torch.randn(H32.dim, generator=g)
     torch.testing.assert_close(H32 @ v, (H64 @ v.double()).float(), rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_in_train_mode_is_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Dropout(0.5), nn.Linear(6, 3)).double()
+    with pytest.raises(ValueError, match="Dropout in training mode"):
+        HessianOperator(model, batch(0))
+    HessianOperator(model.eval(), batch(0))
 
 
 def test_batchnorm_in_train_mode_is_refused_and_eval_leaves_buffers():
@@ -218,3 +227,28 @@ def test_bad_inputs_raise():
         HessianOperator(model, (x, y[:3]))
     with pytest.raises(ValueError, match="empty"):
         HessianOperator(model, [])
+
+
+def test_cached_and_uncached_products_agree():
+    model, (x, y) = mlp(4), batch(4)
+    loader = [(x[:10], y[:10]), (x[10:], y[10:])]
+    v = torch.randn(75, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a, b = HessianOperator(model, loader, cache=True), HessianOperator(model, loader, cache=False)
+    torch.testing.assert_close(a @ v, b @ v, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(a.gradient(), b.gradient(), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="n_basis"):
+        top_eigenvalues(a, k=2, n_basis=2)
+
+
+def test_linear_operator_view_works_with_scipy():
+    from scipy.sparse.linalg import eigsh
+
+    model, (x, y) = mlp(5), batch(5)
+    H = HessianOperator(model, (x, y))
+    lin = H.to_linear_operator()
+    v = torch.randn(H.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    np.testing.assert_allclose(lin @ v.numpy(), (H @ v).numpy(), rtol=1e-12, atol=1e-14)
+    v0 = np.ones(H.dim)
+    top = eigsh(lin, k=1, which="LA", v0=v0, return_eigenvectors=False)
+    exact = torch.linalg.eigvalsh(exact_hessian(model, x, y))[-1]
+    assert float(top[0]) == pytest.approx(float(exact), rel=1e-8)

@@ -114,3 +114,12 @@ def test_list_prints_the_real_manifest(capsys, monkeypatch):
     assert reproduce.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "sensitivity-input" in out and "01_sensitivity" in out
+
+
+def test_readme_lists_the_manifest(monkeypatch):
+    monkeypatch.setenv("STABKIT_ROOT", str(ROOT))
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- manifest-table -->\n", 1)[1].split("\n<!-- /manifest-table -->", 1)[0]
+    assert section == reproduce.manifest_markdown(), (
+        "README's manifest table is stale: regenerate it with `python -m stabkit.reproduce --list --markdown`"
+    )

@@ -1,12 +1,60 @@
-"""Certified robustness: deterministic Lipschitz-margin certificates and randomized smoothing (chapters 4, 6).
+"""Certified robustness: margin certificates and randomized smoothing (thesis chapters 4, 6, 6b).
 
-Each block of re-exports below belongs to one family of certificates; the implementations live in private
-modules (``_margin``, ``_audit``, …).
+Each block of re-exports below belongs to one family of certificates (and one branch); the implementations
+live in private modules.
 """
 
-# --- Lipschitz-margin certificates and their soundness audit (chapter 4) ---
-from stabkit.certify._audit import AuditResult, soundness_audit
-from stabkit.certify._margin import (
+# --- randomized-smoothing statistics: intervals and radii (branch rsstats) ---
+from stabkit.certify._intervals import (
+    ClassBounds,
+    CPMBounds,
+    Interval,
+    bernstein_interval,
+    bernstein_shift,
+    bonferroni_bounds,
+    certificate_validity_probability,
+    class_bounds,
+    clopper_pearson,
+    cpm_bounds,
+    cpm_buckets,
+    multinomial_outcomes,
+)
+from stabkit.certify._radii import (
+    local_lipschitz,
+    radius_mono,
+    radius_mono_lip,
+    radius_multi,
+    radius_multi_lip,
+    ramp_offset,
+    smoothed_lipschitz_bound,
+)
+
+__all__ = [  # rsstats names; other branches extend this list
+    "ClassBounds",
+    "CPMBounds",
+    "Interval",
+    "bernstein_interval",
+    "bernstein_shift",
+    "bonferroni_bounds",
+    "certificate_validity_probability",
+    "class_bounds",
+    "clopper_pearson",
+    "cpm_bounds",
+    "cpm_buckets",
+    "multinomial_outcomes",
+    "local_lipschitz",
+    "radius_mono",
+    "radius_mono_lip",
+    "radius_multi",
+    "radius_multi_lip",
+    "ramp_offset",
+    "smoothed_lipschitz_bound",
+]
+# --- end rsstats ---
+
+# --- Lipschitz-margin certificates and their soundness audit, chapter 4 (branch lipcert) ---
+from stabkit.certify._audit import AuditResult, soundness_audit  # noqa: E402
+from stabkit.certify._margin import (  # noqa: E402
     MarginCertificate,
     certified_accuracy,
     certify,
@@ -15,8 +63,7 @@ from stabkit.certify._margin import (
     network_lipschitz,
 )
 
-__all__ = [
-    # Lipschitz-margin certificates (chapter 4)
+__all__ += [
     "AuditResult",
     "MarginCertificate",
     "certified_accuracy",
@@ -26,3 +73,4 @@ __all__ = [
     "network_lipschitz",
     "soundness_audit",
 ]
+# --- end lipcert ---

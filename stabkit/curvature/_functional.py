@@ -42,8 +42,7 @@ class ParameterSpace:
         else:
             if isinstance(params, str):
                 raise ValueError(
-                    f"params must be a list of parameter names, got the string {params!r}; "
-                    f"write params=[{params!r}]"
+                    f"params must be a list of parameter names, got the string {params!r}; write params=[{params!r}]"
                 )
             names = list(params)
             unknown = [n for n in names if n not in named]
@@ -92,8 +91,13 @@ class ParameterSpace:
 
 
 def check_functional_model(model: nn.Module) -> None:
-    """Refuse a model whose forward pass would update BatchNorm statistics inside a torch.func transform."""
+    """Refuse a model whose loss is not a deterministic function of its parameters (train-mode BatchNorm/Dropout)."""
     for name, m in model.named_modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+            raise ValueError(
+                f"module {name!r} is a Dropout in training mode: the loss would be random (masks drawn from "
+                "torch's global RNG), so Hessians and landscapes would be noise; call model.eval() first"
+            )
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
             raise ValueError(
                 f"module {name!r} is a BatchNorm in training mode: its batch statistics would make the loss "

@@ -57,9 +57,7 @@ class SAM(torch.optim.Optimizer):
         adaptive: bool = False,
     ) -> None:
         if not isinstance(base_optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}"
-            )
+            raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
         if isinstance(base_optimizer, SAM):
             raise ValueError("base_optimizer is already a SAM optimizer")
         if model is not None and not isinstance(model, nn.Module):
@@ -139,7 +137,8 @@ class SAM(torch.optim.Optimizer):
         with torch.enable_grad(), self.frozen_buffers():
             closure()
         self.second_step()
-        return loss
+        # detached: the graph of the first pass is no longer needed, and float() of a graph tensor warns
+        return loss.detach() if isinstance(loss, torch.Tensor) else loss
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state (SAM keeps no state between steps)."""

@@ -41,6 +41,7 @@ def smoothed_loss(
     params: Sequence[str] | None = None,
     loss_fn: LossFn = F.cross_entropy,
     confidence: float = 0.95,
+    antithetic: bool = False,
     generator: torch.Generator | None = None,
 ) -> SmoothedLoss:
     """Weierstrass transform of the loss, ``L_σ(θ) = E_{ε~N(0,σ²I)} L(θ + ε)``, by Monte Carlo.
@@ -57,6 +58,9 @@ def smoothed_loss(
         loss_fn: ``loss_fn(logits, y)``, mean-reduced.
         confidence: level of the two-sided Student-t interval ``[low, high]`` (asymptotic: it assumes the loss
             values are roughly normal, which holds well for moderate ``σ``; it is not a guaranteed bound).
+        antithetic: make each sample the mean of ``L(θ + ε)`` and ``L(θ − ε)``. Still unbiased; the
+            gradient term cancels, so at small ``σ`` the variance drops from ``O(σ²)`` to ``O(σ⁴)`` — what it
+            takes to see the ``σ²/2 tr ∇²L`` excess at all. Costs two evaluations per sample.
         generator: source of the noise.
 
     Returns:
@@ -79,6 +83,9 @@ def smoothed_loss(
         for i in range(n_samples):
             eps = sigma * torch.randn(space.dim, generator=g, device=space.device, dtype=space.dtype)
             samples[i] = float(sum(w * space.loss(theta + eps, x, y, loss_fn) for x, y, w in batches))
+            if antithetic:
+                minus = float(sum(w * space.loss(theta - eps, x, y, loss_fn) for x, y, w in batches))
+                samples[i] = (samples[i] + minus) / 2
     mean = float(samples.mean())
     stderr = float(samples.std() / math.sqrt(n_samples))
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n_samples - 1)) * stderr
@@ -169,6 +176,7 @@ def last_layer_smoothing(
     sigma: float,
     n_samples: int = 1000,
     bias: torch.Tensor | None = None,
+    antithetic: bool = False,
     generator: torch.Generator | None = None,
 ) -> LastLayerSmoothing:
     """Smoothed last-layer cross-entropy and its quadratic upper bound, per example.
@@ -184,6 +192,8 @@ def last_layer_smoothing(
         sigma: noise standard deviation on the weights.
         n_samples: number of noise matrices, at least 2.
         bias: optional bias ``(C,)`` (not perturbed).
+        antithetic: average each sample with its mirror ``ℓ((W−E)h)`` (unbiased; much lower variance at small
+            ``σ``, see :func:`smoothed_loss`).
         generator: source of the noise, on the device of ``weight``.
 
     Returns:
@@ -208,6 +218,11 @@ def last_layer_smoothing(
         logits = torch.einsum("scd,bd->sbc", W + E, h) + b  # (S, B, C)
         S, B = logits.shape[:2]
         losses = F.cross_entropy(logits.reshape(S * B, C), y.repeat(S), reduction="none").reshape(S, B)
+        if antithetic:
+            mirror = torch.einsum("scd,bd->sbc", W - E, h) + b  # (S, B, C)
+            losses = (
+                losses + F.cross_entropy(mirror.reshape(S * B, C), y.repeat(S), reduction="none").reshape(S, B)
+            ) / 2
         loss = F.cross_entropy(h @ W.T + b, y, reduction="none")  # (B,)
     bound = loss + sigma**2 * C / 4 * h.pow(2).sum(1)
     return LastLayerSmoothing(losses.mean(0), losses.std(0) / math.sqrt(n_samples), loss, bound)

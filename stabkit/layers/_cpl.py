@@ -53,14 +53,25 @@ _SVD_SLACK = 1.0 + 1e-9  # covers float64 SVD rounding, Note [CPL norm]
 
 
 def _is_wrapped(t: torch.Tensor) -> bool:
-    """True inside a torch.func transform (the tensor is a functorch wrapper)."""
-    return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+    """True if ``t`` is a torch.func wrapper or a torch.func transform is running (write no state)."""
+    return (
+        bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+        or torch._C._functorch.peek_interpreter_stack() is not None
+    )
+
+
+def _round_up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast a float64 upper bound to ``dtype`` without rounding it down (the cast rounds to nearest)."""
+    y = x.to(dtype)
+    if dtype == torch.float64:
+        return y
+    return torch.where(y.to(torch.float64) < x, torch.nextafter(y, torch.full_like(y, math.inf)), y)
 
 
 def dense_norm_bound(weight: torch.Tensor) -> torch.Tensor:
     """Certified upper bound of ‖W‖₂ (float64 SVD with rounding slack); same dtype as ``weight``."""
     s = torch.linalg.matrix_norm(weight.to(torch.float64), ord=2)
-    return (s * _SVD_SLACK).to(weight.dtype)
+    return _round_up(s * _SVD_SLACK, weight.dtype)
 
 
 def _block_norms(kernel: torch.Tensor, omegas: torch.Tensor) -> torch.Tensor:
@@ -94,19 +105,13 @@ def conv_norm_bound(kernel: torch.Tensor, *, n_eval: int = 32, refine: int = 4) 
     d = (kh - 1) / 2 + (kw - 1) / 2
     tau_c = math.pi * d / n_eval
     if tau_c * tau_c >= 1.0 or n_eval < max(kh, kw):
-        raise ValueError(
-            f"n_eval={n_eval} is too small for a {kh}×{kw} kernel; use at least {4 * max(kh, kw)}"
-        )
+        raise ValueError(f"n_eval={n_eval} is too small for a {kh}×{kw} kernel; use at least {4 * max(kh, kw)}")
     if refine % 2:
-        raise ValueError(
-            f"refine must be even (the fine grid must contain the coarse cell borders), got {refine}"
-        )
+        raise ValueError(f"refine must be even (the fine grid must contain the coarse cell borders), got {refine}")
     dev = kernel.device
     step = 2 * math.pi / n_eval
     # coarse grid on the half plane ω2 ∈ [0, π] (σ1(K̂(−ω)) = σ1(K̂(ω)) for a real kernel)
-    j1, j2 = torch.meshgrid(
-        torch.arange(n_eval, device=dev), torch.arange(n_eval // 2 + 1, device=dev), indexing="ij"
-    )
+    j1, j2 = torch.meshgrid(torch.arange(n_eval, device=dev), torch.arange(n_eval // 2 + 1, device=dev), indexing="ij")
     nodes = torch.stack([j1.flatten(), j2.flatten()], dim=1).to(torch.float64) * step  # (F, 2)
     coarse = _block_norms(kernel, nodes)
     # the coarse node nearest to the maximiser ω* has σ1 ≥ S(1 − τ_c²/2) ≥ max(coarse)(1 − τ_c²/2)
@@ -116,7 +121,7 @@ def conv_norm_bound(kernel: torch.Tensor, *, n_eval: int = 32, refine: int = 4) 
     fine_nodes = (nodes[keep][:, None, :] + offsets[None]).reshape(-1, 2)
     fine = _block_norms(kernel, fine_nodes).max()
     tau_f = tau_c / refine
-    return (torch.maximum(fine, coarse.max()) * _SVD_SLACK / (1.0 - tau_f * tau_f / 2.0)).to(kernel.dtype)
+    return _round_up(torch.maximum(fine, coarse.max()) * _SVD_SLACK / (1.0 - tau_f * tau_f / 2.0), kernel.dtype)
 
 
 class _CPLBase(nn.Module):
@@ -134,7 +139,9 @@ class _CPLBase(nn.Module):
             and cache[2].device == w.device
         ):
             return cache[2]
-        bound = self._norm_bound(w)
+        # a bound made under inference_mode could not be used later in a graph: compute it outside of it
+        with torch.inference_mode(False):
+            bound = self._norm_bound(w)
         # store only for the module's own parameter (not for weights passed by functional_call / transforms)
         if isinstance(w, nn.Parameter) and not _is_wrapped(w):
             bound = bound.detach()
@@ -154,10 +161,10 @@ class _CPLBase(nn.Module):
         """One power-iteration step on the buffer ``u``; returns ``‖A u‖`` with gradient through A."""
         w = self.weight
         with torch.no_grad():
-            u = self._normalize(self._adjoint(self._apply(self.u, w.detach()), w.detach()))
+            u = self._normalize(self._op_adjoint(self._op(self.u, w.detach()), w.detach()))
             if not _is_wrapped(w) and not _is_wrapped(self.u):
                 self.u.copy_(u)
-        return torch.linalg.vector_norm(self._apply(u, w))
+        return torch.linalg.vector_norm(self._op(u, w))
 
     @staticmethod
     def _normalize(u: torch.Tensor) -> torch.Tensor:
@@ -220,11 +227,11 @@ class CPLLinear(_CPLBase):
             self.u.copy_(self._normalize(self.u))
 
     @staticmethod
-    def _apply(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _op(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return w @ u
 
     @staticmethod
-    def _adjoint(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _op_adjoint(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return w.T @ v
 
     def _norm_bound(self, w: torch.Tensor) -> torch.Tensor:
@@ -306,10 +313,10 @@ class CPLConv2d(_CPLBase):
         ph, pw = self.padding
         return F.pad(x, (pw, pw, ph, ph), mode="circular")
 
-    def _apply(self, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _op(self, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(self._circular(u), w)  # (1, inner, N, N): circular conv on the grid
 
-    def _adjoint(self, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _op_adjoint(self, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # adjoint of a circular cross-correlation: cross-correlation with the flipped, transposed kernel
         return F.conv2d(self._circular(v), w.transpose(0, 1).flip(2, 3))
 

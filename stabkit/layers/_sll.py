@@ -14,7 +14,7 @@ from torch import nn
 
 from stabkit._checks import check_positive_int
 
-from ._common import fan_in_bound, gram_bound, gram_kernel, normal_, pair_odd, uniform_
+from ._common import conv_gram_bound, fan_in_bound, gram_bound, normal_, pair_odd, uniform_
 
 
 class SLLLinear(nn.Module):
@@ -67,7 +67,7 @@ class SLLLinear(nn.Module):
         self.reset_parameters(generator=generator)
 
     def reset_parameters(self, *, generator: torch.Generator | None = None) -> None:
-        """Xavier-normal weight, torch's uniform bias, q = 1 (log_q = 0)."""
+        """Xavier-normal weight, torch's uniform bias, q = 1 (log_q = 0; the official code draws q ~ N(0, 1))."""
         normal_(self.weight, math.sqrt(2.0 / (self.features + self.inner_features)), generator)
         if self.bias is not None:
             uniform_(self.bias, fan_in_bound(self.features), generator)
@@ -87,8 +87,7 @@ class SLLLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.features}, inner_features={self.inner_features}, bias={self.bias is not None}, "
-            f"n_iter={self.n_iter}"
+            f"{self.features}, inner_features={self.inner_features}, bias={self.bias is not None}, n_iter={self.n_iter}"
         )
 
 
@@ -149,7 +148,7 @@ class SLLConv2d(nn.Module):
         self.reset_parameters(generator=generator)
 
     def reset_parameters(self, *, generator: torch.Generator | None = None) -> None:
-        """Xavier-normal kernel, torch's uniform bias, q = 1."""
+        """Xavier-normal kernel, torch's uniform bias, q = 1 (the official code draws q ~ N(0, 1))."""
         kk = self.kernel_size[0] * self.kernel_size[1]
         normal_(self.weight, math.sqrt(2.0 / ((self.channels + self.inner_channels) * kk)), generator)
         if self.bias is not None:
@@ -159,7 +158,7 @@ class SLLConv2d(nn.Module):
 
     def gram_diagonal(self) -> torch.Tensor:
         """The diagonal ``t`` (inner_channels,) with ``KKᵀ ⪯ diag(t)`` as operators."""
-        return gram_bound(gram_kernel(self.weight), n_iter=self.n_iter, log_q=self.log_q)
+        return conv_gram_bound(self.weight, n_iter=self.n_iter, log_q=self.log_q)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))  # (B, inner, H, W)
