@@ -103,9 +103,7 @@ def _budget(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if budget.shape[0] != x.shape[0] or bool((budget < 0).any()):
             raise ValueError(f"eps must be a number or a (B,) tensor of radii >= 0 with B = {x.shape[0]}")
         return budget.clone()
-    return torch.full(
-        (x.shape[0],), check_positive_float("eps", eps, allow_zero=True), device=x.device, dtype=x.dtype
-    )
+    return torch.full((x.shape[0],), check_positive_float("eps", eps, allow_zero=True), device=x.device, dtype=x.dtype)
 
 
 def pgd_l2(
@@ -189,9 +187,7 @@ def pgd_l2(
         best_x = x.detach().clone()
         n_classes = clean_logits.shape[1]
         if not 0 <= n_targets < n_classes:
-            raise ValueError(
-                f"n_targets must lie in [0, {n_classes - 1}] (classes other than y), got {n_targets}"
-            )
+            raise ValueError(f"n_targets must lie in [0, {n_classes - 1}] (classes other than y), got {n_targets}")
         # targeted runs aim at the strongest competitors of the clean point, strongest first
         competitors = clean_logits.scatter(1, labels[:, None], -torch.inf).argsort(dim=1, descending=True)
         targets = [None] if n_targets == 0 else [competitors[:, t] for t in range(n_targets)]
@@ -208,9 +204,7 @@ def pgd_l2(
                     best_x = torch.where(improved.reshape(bshape), (x + delta).detach(), best_x)
                     if it == n_iter:  # the last iterate is evaluated, not stepped from
                         break
-                    (grad,) = torch.autograd.grad(
-                        _attack_loss(logits, labels, target, objective).sum(), delta
-                    )
+                    (grad,) = torch.autograd.grad(_attack_loss(logits, labels, target, objective).sum(), delta)
                     with torch.no_grad():
                         direction = grad / _norms(grad).clamp_min(1e-30)  # unit ℓ2 per sample
                         delta = _project(x, delta + step * budget.reshape(bshape) * direction, budget, clip)
