@@ -52,6 +52,50 @@ __all__ = [  # rsstats names; other branches extend this list
 ]
 # --- end rsstats ---
 
+# --- randomized smoothing: sampling, PREDICT/CERTIFY, logs, LVM-RS (rssmooth) ---
+from stabkit.certify._lvm import (
+    MAP_KINDS,
+    MAP_LIPSCHITZ,
+    SELECTIONS,
+    TEMPERATURES,
+    LVMCertificate,
+    lvm_certify,
+    simplex_maps,
+    sparsemax,
+)
+from stabkit.certify._smoothing import (
+    ABSTAIN,
+    INTERVALS,
+    Certificate,
+    Smooth,
+    SmoothingLog,
+    certify_from_log,
+    gaussian_augment,
+    load_log,
+    save_log,
+)
+
+__all__ += [
+    "ABSTAIN",
+    "INTERVALS",
+    "MAP_KINDS",
+    "MAP_LIPSCHITZ",
+    "SELECTIONS",
+    "TEMPERATURES",
+    "Certificate",
+    "LVMCertificate",
+    "Smooth",
+    "SmoothingLog",
+    "certify_from_log",
+    "gaussian_augment",
+    "load_log",
+    "lvm_certify",
+    "save_log",
+    "simplex_maps",
+    "sparsemax",
+]
+# --- end randomized smoothing (rssmooth) ---
+
 # --- Lipschitz-margin certificates and their soundness audit, chapter 4 (branch lipcert) ---
 from stabkit.certify._audit import AuditResult, soundness_audit  # noqa: E402
 from stabkit.certify._margin import (  # noqa: E402

@@ -268,9 +268,7 @@ def gram_iteration_bounds(W: torch.Tensor, *, n_iter: int = 12, tol: float | Non
     return _bounds_loop(_tall(W), n_iter, tol, reduce_max=False)
 
 
-def power_iteration(
-    W: torch.Tensor, *, n_iter: int = 100, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def power_iteration(W: torch.Tensor, *, n_iter: int = 100, generator: torch.Generator | None = None) -> torch.Tensor:
     """Power iteration on WᴴW: a lower estimate of σ1 (``‖Wv‖`` for a unit vector v, so never above σ1).
 
     Converges linearly, at rate (σ2/σ1)² per iteration, from a random Gaussian start drawn from ``generator``.
@@ -298,9 +296,7 @@ def power_iteration(
     v = torch.randn(*A.shape[:-2], A.shape[-1], 1, generator=g, device=A.device, dtype=A.dtype)
     for _ in range(n_iter):
         v = A.mH @ (A @ v)  # (..., n, 1)
-        v = v / torch.linalg.vector_norm(v, dim=(-2, -1), keepdim=True).clamp_min(
-            torch.finfo(v.real.dtype).tiny
-        )
+        v = v / torch.linalg.vector_norm(v, dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(v.real.dtype).tiny)
     # Re-apply the (possibly differentiable) W to the final direction so that gradients flow as in
     # torch's spectral_norm.
     return torch.linalg.vector_norm((W / s) @ v, dim=(-2, -1)) * s.squeeze(-1).squeeze(-1)

@@ -1,0 +1,291 @@
+"""Tests of stabkit.certify._smoothing: sampling, PREDICT/CERTIFY, logs, Gaussian augmentation.
+
+Ground truth: a two-class linear classifier f(x) = argmax(Wx + b) is its own smoothed classifier, and its
+exact robust radius at x is the distance to the hyperplane, d(x) = |w·x + c| / ‖w‖ (w = W_0 − W_1, c = b_0 −
+b_1); the top class has probability Φ(d(x)/σ) under noise (Cohen et al. 2019, §3.1).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from stabkit.certify import (
+    ABSTAIN,
+    Certificate,
+    Smooth,
+    SmoothingLog,
+    certify_from_log,
+    gaussian_augment,
+    load_log,
+    save_log,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny forward batches: intra-op threads only add synchronisation, and thrash on a shared 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _linear(d: int, seed: int, classes: int = 2) -> torch.nn.Linear:
+    g = torch.Generator().manual_seed(seed)
+    lin = torch.nn.Linear(d, classes).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(classes, d, generator=g, dtype=torch.float64))
+        lin.bias.copy_(torch.randn(classes, generator=g, dtype=torch.float64))
+    return lin
+
+
+def _distance(lin: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    w = lin.weight[0] - lin.weight[1]
+    c = lin.bias[0] - lin.bias[1]
+    return ((x @ w + c).abs() / w.norm()).detach()
+
+
+def _side(lin, x):
+    return lin(x).argmax(dim=1)
+
+
+def _points(d, n_points, seed, scale=1.0):
+    g = torch.Generator().manual_seed(1000 + seed)
+    return scale * torch.randn(n_points, d, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("exact_linear", [True, False])
+def test_linear_radius_never_exceeds_distance(exact_linear):
+    # a certificate fails with probability ≤ α per point: at α = 1e-5 none of the ~240 may fail, at α = 1e-3
+    # (where one failure among 240 has happened at these seeds) the failure count stays within binomial error
+    sigma, d = 0.5, 4
+    n = 2000 if exact_linear else 500
+    seeds = range(6) if exact_linear else range(2)
+    n_certified, n_failed = 0, 0
+    for seed in seeds:
+        lin = _linear(d, seed)
+        model = lin if exact_linear else torch.nn.Sequential(lin)  # Sequential forces the generic noise path
+        x = _points(d, 40, seed)
+        smooth = Smooth(model, 2, sigma, exact_linear=exact_linear)
+        log = smooth.sample(x, n0=100, n=n, batch_size=512, generator=torch.Generator().manual_seed(seed))
+        dist, side = _distance(lin, x), _side(lin, x)
+        for alpha in (1e-5, 1e-3):
+            cert = certify_from_log(log, alpha=alpha)
+            ok = cert.prediction != ABSTAIN
+            failed = ((cert.radius > dist) | (cert.prediction != side)) & ok
+            assert bool((cert.radius[~ok] == 0).all())
+            if alpha == 1e-5:
+                assert not bool(failed.any())
+                n_certified += int(ok.sum())
+            else:
+                n_failed += int(failed.sum())
+    assert n_certified > 0.5 * 40 * len(seeds)  # the property was checked on many certificates
+    assert n_failed <= 3  # P(more than 3 failures among 240 at α = 1e-3) < 1e-4
+
+
+def test_linear_radius_approaches_distance():
+    sigma, d = 0.25, 3
+    lin = _linear(d, 7)
+    x = _points(d, 30, 7, scale=0.5)
+    dist = _distance(lin, x)
+    keep = (dist > 0.05) & (dist < 0.6)  # p_A between Φ(0.2) and Φ(2.4): far enough from both ends
+    x, dist = x[keep], dist[keep]
+    ratios = []
+    for n in (100, 1000, 10_000, 100_000):
+        cert = Smooth(lin, 2, sigma).certify(x, n0=100, n=n, generator=torch.Generator().manual_seed(n))
+        ratios.append(float((cert.radius / dist).mean()))
+    assert ratios == sorted(ratios)
+    assert 0.9 < ratios[-1] <= 1.0
+
+
+def test_counts_follow_exact_probability():
+    # both noise paths sample P(class A) = Φ(d/σ); check each count within 5 binomial standard deviations
+    sigma, n = 0.5, 20_000
+    lin = _linear(3, 3)
+    x = _points(3, 5, 3, scale=0.5)
+    p_true = stats.norm.cdf((_distance(lin, x) / sigma).numpy())
+    side = _side(lin, x).numpy()
+    for model in (lin, torch.nn.Sequential(lin)):
+        log = Smooth(model, 2, sigma).sample(x, n0=0, n=n, generator=torch.Generator().manual_seed(1))
+        k = log.counts_estimation[np.arange(len(x)), side]
+        assert np.all(np.abs(k - n * p_true) < 5 * np.sqrt(n * p_true * (1 - p_true)) + 1)
+        assert np.all(log.counts_estimation.sum(axis=1) == n)
+
+
+def test_same_generator_same_certificate():
+    model = torch.nn.Sequential(_linear(5, 0), torch.nn.ReLU(), _linear(2, 1, classes=3))
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    smooth = Smooth(model, 3, 1.0)
+
+    def run(seed):
+        return smooth.certify(x, n0=50, n=700, batch_size=256, generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = run(1), run(1), run(2)
+    for fa, fb in zip(a, b, strict=True):
+        assert torch.equal(fa, fb)
+    assert not torch.equal(a.p_a, c.p_a)
+    # None means a fresh generator seeded with 0: deterministic too
+    assert torch.equal(smooth.certify(x, n0=50, n=700).p_a, run(0).p_a)
+
+
+def test_noise_stream_spans_points():
+    # with batch_size = n every forward batch holds one point: sampling two points at once continues the
+    # stream
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    smooth = Smooth(model, 3, 1.0)
+    both = smooth.sample(x, n0=0, n=300, batch_size=300, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    first = smooth.sample(x[:1], n0=0, n=300, batch_size=300, generator=g)
+    second = smooth.sample(x[1:], n0=0, n=300, batch_size=300, generator=g)
+    assert np.array_equal(both.counts_estimation, np.concatenate([first.counts_estimation, second.counts_estimation]))
+
+
+def test_certify_is_sample_then_cohen():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    smooth = Smooth(model, 3, 0.5)
+    cert = smooth.certify(x, n0=30, n=400, alpha=0.01, generator=torch.Generator().manual_seed(3))
+    log = smooth.sample(x, n0=30, n=400, generator=torch.Generator().manual_seed(3))
+    again = certify_from_log(log, alpha=0.01, interval="cohen")
+    assert isinstance(cert, Certificate)
+    for fa, fb in zip(cert, again, strict=True):
+        assert torch.equal(fa, fb)
+    # Cohen: p_a is the one-sided Clopper–Pearson lower bound of the selected class (scipy's exact beta
+    # quantile)
+    for i in range(len(x)):
+        top = int(np.argmax(log.counts_selection[i]))
+        k = int(log.counts_estimation[i, top])
+        low = stats.beta.ppf(0.01, k, 400 - k + 1) if k > 0 else 0.0
+        assert math.isclose(float(cert.p_a[i]), low, rel_tol=1e-9, abs_tol=1e-12)
+        expected = 0.5 * stats.norm.ppf(low) if low > 0.5 else 0.0  # σ = 0.5
+        assert math.isclose(float(cert.radius[i]), expected, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_predict_abstains_on_the_boundary_and_is_right_far_from_it():
+    lin = _linear(3, 11)
+    w = (lin.weight[0] - lin.weight[1]).detach()
+    c = (lin.bias[0] - lin.bias[1]).detach()
+    x = _points(3, 30, 11)
+    on = x - ((x @ w + c) / (w @ w))[:, None] * w  # projections onto the hyperplane: p_A = p_B = ½
+    smooth = Smooth(lin, 2, 0.5)
+    pred_on = smooth.predict(on, n=1000, alpha=0.001, generator=torch.Generator().manual_seed(0))
+    assert bool((pred_on == ABSTAIN).all())
+    far = on + 3.0 * w / w.norm() * torch.sign(torch.randn(30, 1, generator=torch.Generator().manual_seed(1)))
+    pred_far = smooth.predict(far, n=1000, alpha=0.001, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pred_far, _side(lin, far))
+
+
+def test_predict_uses_two_sided_binomial_test():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    x = 0.1 * torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
+    smooth = Smooth(model, 4, 1.0)
+    pred = smooth.predict(x, n=200, alpha=0.05, generator=torch.Generator().manual_seed(4))
+    log = smooth.sample(x, n0=0, n=200, generator=torch.Generator().manual_seed(4))
+    for i, counts in enumerate(log.counts_estimation):
+        k1, k2 = sorted(counts)[-1], sorted(counts)[-2]
+        p = stats.binomtest(int(k1), int(k1 + k2), 0.5, alternative="two-sided").pvalue
+        assert (int(pred[i]) == ABSTAIN) == (p > 0.05)
+        if p <= 0.05:
+            assert int(pred[i]) == int(np.argmax(counts))
+
+
+def test_reference_cohen_radius():
+    # [C] THESIS §7: one-sided CP lower bound of 99 000 / 100 000 at α = 0.001 is 0.988989 ⇒ R_mono(σ=0.25) =
+    # 0.5725
+    log = SmoothingLog(
+        sigma=0.25, n0=100, n=100_000, labels=np.array([0]),
+        counts_selection=np.array([[100, 0]]), counts_estimation=np.array([[99_000, 1_000]]),
+    )  # fmt: skip
+    cert = certify_from_log(log, alpha=0.001, interval="cohen")
+    assert float(cert.p_a[0]) == pytest.approx(0.988989, abs=1e-6)
+    assert float(cert.radius[0]) == pytest.approx(0.5725, abs=5e-5)
+
+
+def test_reference_cpm_bonferroni_cohen():
+    # [C] THESIS §8: counts (59k, 26k, 8k, 4k, 2k, 1k, 0…), N = 1e5, σ = 0.5, α = 0.001
+    counts = np.array([[59_000, 26_000, 8_000, 4_000, 2_000, 1_000, 0, 0, 0, 0]])
+    log = SmoothingLog(
+        sigma=0.5,
+        n0=100_000,
+        n=100_000,
+        labels=np.array([0]),
+        counts_selection=counts,
+        counts_estimation=counts,
+    )
+    cpm = certify_from_log(log, alpha=0.001, interval="cpm")
+    assert float(cpm.p_a[0]) == pytest.approx(0.58470, abs=2e-5)
+    assert float(cpm.p_b[0]) == pytest.approx(0.26474, abs=2e-5)
+    assert float(cpm.radius[0]) == pytest.approx(0.21068, abs=2e-5)
+    assert float(certify_from_log(log, alpha=0.001, interval="bonferroni").radius[0]) == pytest.approx(
+        0.21002, abs=2e-5
+    )
+    assert float(certify_from_log(log, alpha=0.001, interval="cohen").radius[0]) == pytest.approx(0.10759, abs=2e-5)
+
+
+def test_log_roundtrip(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    log = Smooth(model, 3, 0.5).sample(
+        x, n0=20, n=100, labels=torch.tensor([0, 1, 2]), temperatures=np.array([1.0, 10.0])
+    )
+    path = save_log(log, tmp_path / "sub" / "log.npz")
+    back = load_log(path)
+    assert back.sigma == log.sigma and back.n0 == log.n0 and back.n == log.n and back.map_kinds == log.map_kinds
+    for name in ("labels", "counts_selection", "counts_estimation", "temperatures", "mean_estimation"):
+        assert np.array_equal(getattr(back, name), getattr(log, name))
+    assert back.mean_estimation.shape == (3, 2, 2, 3)
+    for fa, fb in zip(certify_from_log(back, interval="cpm"), certify_from_log(log, interval="cpm"), strict=True):
+        assert torch.equal(fa, fb)
+    sub = log.subset(np.array([2]))
+    assert sub.counts_estimation.shape == (1, 3) and sub.labels.tolist() == [2]
+
+
+def test_training_mode_is_restored():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    model.train()
+    Smooth(model, 2, 0.5).sample(torch.zeros(1, 2), n0=0, n=10)
+    assert model.training
+
+
+def test_gaussian_augment():
+    augment = gaussian_augment(0.25)
+    x = torch.zeros(20_000, 3)
+    a = augment(x, torch.Generator().manual_seed(0))
+    b = augment(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape and a.dtype == x.dtype
+    assert float(a.std()) == pytest.approx(0.25, rel=0.02)
+    assert float(a.mean()) == pytest.approx(0.0, abs=0.01)
+
+
+def test_bad_input():
+    lin = torch.nn.Linear(2, 3)
+    with pytest.raises(ValueError, match="sigma"):
+        Smooth(lin, 3, 0.0)
+    with pytest.raises(ValueError, match="num_classes"):
+        Smooth(lin, 1, 0.5)
+    smooth = Smooth(torch.nn.Sequential(lin), 3, 0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        smooth.certify(torch.zeros(1, 2), n0=10, n=10, alpha=1.5)
+    with pytest.raises(ValueError, match="NaN"):
+        smooth.certify(torch.full((1, 2), float("nan")), n0=10, n=10)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        smooth.certify(torch.zeros(2), n0=10, n=10)
+    with pytest.raises(ValueError, match="num_classes"):
+        Smooth(torch.nn.Sequential(lin), 4, 0.5).certify(torch.zeros(1, 2), n0=10, n=10)
+    with pytest.raises(ValueError, match="n must be"):
+        smooth.sample(torch.zeros(1, 2), n=0)
+    log = smooth.sample(torch.zeros(1, 2), n0=0, n=10)
+    with pytest.raises(ValueError, match="n0 > 0"):
+        certify_from_log(log, interval="cohen")
+    with pytest.raises(ValueError, match="interval"):
+        certify_from_log(log, interval="wilson")
+    with pytest.raises(ValueError, match="npz"):
+        save_log(log, "log.txt")
+    with pytest.raises(ValueError, match="temperatures"):
+        smooth.sample(torch.zeros(1, 2), n=10, temperatures=np.array([-1.0]))
+    with pytest.raises(ValueError, match="labels"):
+        smooth.sample(torch.zeros(1, 2), n=10, labels=np.array([0, 1]))
