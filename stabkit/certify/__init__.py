@@ -1,4 +1,8 @@
-"""Certified robustness: margin certificates and randomized smoothing (thesis chapters 4, 6, 6b)."""
+"""Certified robustness: margin certificates and randomized smoothing (thesis chapters 4, 6, 6b).
+
+Each block of re-exports below belongs to one family of certificates (and one branch); the implementations
+live in private modules.
+"""
 
 # --- randomized-smoothing statistics: intervals and radii (branch rsstats) ---
 from stabkit.certify._intervals import (
@@ -91,3 +95,26 @@ __all__ += [
     "sparsemax",
 ]
 # --- end randomized smoothing (rssmooth) ---
+
+# --- Lipschitz-margin certificates and their soundness audit, chapter 4 (branch lipcert) ---
+from stabkit.certify._audit import AuditResult, soundness_audit  # noqa: E402
+from stabkit.certify._margin import (  # noqa: E402
+    MarginCertificate,
+    certified_accuracy,
+    certify,
+    lln_certificate,
+    margin_certificate,
+    network_lipschitz,
+)
+
+__all__ += [
+    "AuditResult",
+    "MarginCertificate",
+    "certified_accuracy",
+    "certify",
+    "lln_certificate",
+    "margin_certificate",
+    "network_lipschitz",
+    "soundness_audit",
+]
+# --- end lipcert ---
