@@ -22,3 +22,15 @@ def shared_data() -> Path:
     if not (path / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"MNIST test files not found in {path} (only the project's own machines have ../shared/data)")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The unit tests use small tensors: one intra-op thread is faster than two there (no synchronisation) and
+    immune to a loaded machine, where two threads on two shared cores slowed some tests 10-100x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

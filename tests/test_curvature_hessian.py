@@ -17,15 +17,6 @@ from stabkit.curvature import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models: intra-op threads only add contention on a shared CPU (40x slower under load)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def mlp(seed: int, d_in: int = 5, width: int = 8, n_classes: int = 3) -> nn.Module:
     torch.manual_seed(seed)  # tests may seed the global RNG to build models; the library never does
     return nn.Sequential(nn.Linear(d_in, width), nn.Tanh(), nn.Linear(width, n_classes)).double()

@@ -18,15 +18,6 @@ from stabkit.certify import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny forward batches: intra-op threads only add synchronisation, and thrash on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _project_brute_force(z: np.ndarray) -> np.ndarray:
     """Euclidean projection onto the simplex by enumerating supports: on support S the projection is
     z_S − (Σ z_S − 1)/|S|; keep the feasible candidate closest to z."""

@@ -24,15 +24,6 @@ from stabkit.certify import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny forward batches: intra-op threads only add synchronisation, and thrash on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _linear(d: int, seed: int, classes: int = 2) -> torch.nn.Linear:
     g = torch.Generator().manual_seed(seed)
     lin = torch.nn.Linear(d, classes).double()
