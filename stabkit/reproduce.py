@@ -97,12 +97,13 @@ def manifest_table() -> str:
 def manifest_markdown() -> str:
     """The manifest as the Markdown table of the README (a test keeps the README in sync)."""
     lines = [
-        "| id | ch | notebook | what | ci | full | GPU for full | published |",
-        "|---|---|---|---|---|---|---|---|",
+        "| id | ch | notebook | what | ci | full | GPU for full | timed | published |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in load_manifest().values():
         gpu = "yes" if e.full_needs_gpu else "no"
-        row = [f"`{e.id}`", e.chapter, f"`{e.notebook}`", e.title, e.runtime["ci"], e.runtime["full"], gpu]
+        timed = "yes" if e.timed else ""
+        row = [f"`{e.id}`", e.chapter, f"`{e.notebook}`", e.title, e.runtime["ci"], e.runtime["full"], gpu, timed]
         lines.append("| " + " | ".join([*row, e.published or ""]) + " |")
     return "\n".join(lines)
 

@@ -70,6 +70,7 @@ class ManifestEntry(NamedTuple):
     runtime: dict[str, str]  # expected runtime per scale
     full_needs_gpu: bool
     published: str | None  # the published number it is compared with, if any
+    timed: bool  # shows wall-clock measurements: differs between runs (every other output is byte-stable)
 
 
 def load_manifest(path: str | os.PathLike | None = None) -> dict[str, ManifestEntry]:
@@ -87,7 +88,7 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict[str, ManifestEn
         missing = required - set(item or {})
         if missing:
             raise ValueError(f"{path}: entry {key!r} lacks {', '.join(sorted(missing))}")
-        unknown = set(item) - required - {"published"}
+        unknown = set(item) - required - {"published", "timed"}
         if unknown:
             raise ValueError(f"{path}: entry {key!r} has unknown fields {', '.join(sorted(unknown))}")
         if set(item["runtime"]) != set(SCALES):
@@ -105,6 +106,7 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict[str, ManifestEn
             runtime=dict(item["runtime"]),
             full_needs_gpu=bool(item["full_needs_gpu"]),
             published=item.get("published"),
+            timed=bool(item.get("timed", False)),
         )
     return manifest
 
