@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from stabkit._checks import check_positive_int, resolve_generator
+from stabkit._checks import check_positive_int, check_probability, check_tensor, resolve_generator
 
 DATASETS = ("digits", "moons", "circles", "mnist", "mnist-test", "cifar10")
 OFFLINE_DATASETS = ("digits", "moons", "circles")
@@ -125,6 +125,52 @@ def load(
         x_te, y_te = read_cifar10(root, split="test", download=download)
         data = Dataset(x_tr, y_tr, x_te, y_te, 10, name)
     return _subset(data, n_train, n_test, gen)
+
+
+def symmetric_label_noise(
+    y: torch.Tensor, rate: float, num_classes: int, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Symmetric label noise: each label is replaced, with probability ``rate``, by one of the other classes.
+
+    The replacement is drawn uniformly among the ``num_classes - 1`` other classes, so a flipped label never keeps
+    its class: the expected fraction of changed labels is exactly ``rate``. The input is not modified.
+
+    Args:
+        y: integer labels in ``[0, num_classes)``.
+        rate: flip probability in [0, 1].
+        num_classes: number of classes (at least 2).
+        generator: generator on ``y``'s device (``None`` = seeded 0). Two draws per call: the flip mask
+            (``torch.rand``), then the class shifts (``torch.randint``).
+
+    Returns:
+        The noisy labels, same shape and dtype as ``y``.
+
+    Shape:
+        (N,) → (N,).
+
+    Raises:
+        ValueError: ``rate`` outside [0, 1], ``num_classes < 2``, or labels outside ``[0, num_classes)``.
+
+    Example:
+        >>> y = torch.zeros(6, dtype=torch.int64)
+        >>> symmetric_label_noise(y, 0.5, 3, generator=torch.Generator().manual_seed(0)).tolist()
+        [2, 0, 2, 2, 2, 0]
+
+    References:
+        Label-noise protocol of the activation-decay experiments, thesis ch. 5 (§10.5).
+    """
+    y = check_tensor("y", y, ndim=1)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer labels, got dtype {y.dtype}")
+    rate = check_probability("rate", rate, open_interval=False)
+    check_positive_int("num_classes", num_classes, minimum=2)
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]")
+    gen = resolve_generator(generator, y.device)
+    flip = torch.rand(len(y), generator=gen, device=y.device) < rate  # (N,)
+    # a shift in 1..K-1 (mod K) reaches every other class with the same probability, and never the same one
+    shift = torch.randint(1, num_classes, (len(y),), generator=gen, device=y.device, dtype=y.dtype)
+    return torch.where(flip, (y + shift) % num_classes, y)
 
 
 # ----------------------------------------------------------------------------------------------- offline sets

@@ -6,14 +6,22 @@ For a vector input (``input_shape = (d,)``) the conv part is skipped and the fea
 ``width``. Published sizes (n_conv, n_dense, width) from the SLL and CPL papers: S (20, 7, 45),
 M (30, 10, 60), L (50, 10, 90), XL (70, 15, 120), inner dense width
 2048; ``"xs"`` and ``"tiny"`` are CPU sizes of ours.
+
+Unconstrained baselines shared by the notebooks (chapters 1, 5, 6): :func:`mlp`, :func:`small_cnn` and
+:func:`small_resnet` (built from :class:`BasicBlock`). They are ``nn.Sequential`` models with named modules whose
+last one is ``classifier`` (activation decay and the last-layer tools find it by that name). Unlike
+:class:`LipschitzNet` they initialise exactly like torch's own layers, i.e. from torch's global RNG: build them
+inside ``with ctx.seeded("<key>/init"):`` in a notebook (or after ``torch.manual_seed`` in a test).
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stabkit._checks import check_positive_int, resolve_generator
@@ -254,3 +262,179 @@ class LipschitzNet(nn.Module):
             return math.inf
         body = 1.0 / float(self.std.min())
         return body * self.head.lipschitz_constant() if head else body
+
+
+# ------------------------------------------------------------------------------------- unconstrained baselines
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+"""Hidden activations of :func:`mlp`."""
+
+
+def _check_dropout(dropout: float) -> float:
+    p = float(dropout)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1) (a drop probability; 0 = no Dropout module), got {dropout!r}")
+    return p
+
+
+def _head(modules: list, width: int, num_classes: int, dropout: float) -> nn.Sequential:
+    # the classifier is always the last module, named "classifier": its input is the penultimate activation h
+    if dropout > 0:
+        modules.append(("dropout", nn.Dropout(dropout)))
+    modules.append(("classifier", nn.Linear(width, num_classes)))
+    return nn.Sequential(OrderedDict(modules))
+
+
+def mlp(
+    in_shape: int | tuple[int, ...],
+    num_classes: int,
+    *,
+    width: int,
+    depth: int = 2,
+    activation: str = "relu",
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """A plain multilayer perceptron: flatten → ``depth`` × (Linear → activation) → (Dropout) → classifier.
+
+    Modules are named ``flatten``, ``fc1``, ``act1``, …, ``fc{depth}``, ``act{depth}``, ``dropout`` (only when
+    ``dropout > 0``) and ``classifier``. Initialised like ``nn.Linear``, from torch's global RNG (see the module
+    docstring).
+
+    Args:
+        in_shape: shape of one input (``(d,)``, ``(C, H, W)``, any), or its number of features.
+        num_classes: number of outputs.
+        width: width of every hidden layer.
+        depth: number of hidden layers (0: a linear classifier on the flattened input).
+        activation: ``"relu"`` or ``"tanh"`` (smooth: Jacobian and Hessian defined everywhere).
+        dropout: drop probability before the classifier; 0 adds no Dropout module.
+
+    Returns:
+        An ``nn.Sequential`` on the CPU in float32 (move it with ``.to(device)``).
+
+    Shape:
+        (B, *in_shape) → (B, num_classes).
+
+    Raises:
+        ValueError: non-positive sizes, an unknown activation, or dropout outside [0, 1).
+
+    Example:
+        >>> net = mlp((1, 8, 8), 10, width=32, dropout=0.5)
+        >>> net(torch.zeros(4, 1, 8, 8)).shape, list(net.named_children())[-1][0]
+        (torch.Size([4, 10]), 'classifier')
+    """
+    shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
+    if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(f"in_shape must be a positive int or a tuple of positive ints, got {in_shape!r}")
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("width", width)
+    check_positive_int("depth", depth, minimum=0)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    dropout = _check_dropout(dropout)
+    d = math.prod(shape)
+    modules: list = [("flatten", nn.Flatten())]
+    for i in range(1, depth + 1):
+        modules += [(f"fc{i}", nn.Linear(d, width)), (f"act{i}", ACTIVATIONS[activation]())]
+        d = width
+    return _head(modules, d, num_classes, dropout)
+
+
+def small_cnn(in_channels: int, num_classes: int, *, width: int, dropout: float = 0.0) -> nn.Sequential:
+    """A small ReLU CNN: three 3×3 convs (widths ``w, 2w, 2w``; the last two stride 2) → 2×2 average pool → classifier.
+
+    The base classifier of the randomized-smoothing notebook (chapter 6). Modules: ``conv1``, ``act1``, …,
+    ``conv3``, ``act3``, ``pool`` (adaptive, so any image size works), ``flatten``, ``dropout`` (only when
+    ``dropout > 0``), ``classifier``. Initialised like torch's layers, from the global RNG.
+
+    Args:
+        in_channels: channels of the input images.
+        num_classes: number of outputs.
+        width: channels of the first conv ``w``.
+        dropout: drop probability before the classifier; 0 adds no Dropout module.
+
+    Shape:
+        (B, in_channels, H, W) → (B, num_classes).
+
+    Raises:
+        ValueError: non-positive sizes or dropout outside [0, 1).
+    """
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("num_classes", num_classes)
+    w = check_positive_int("width", width)
+    dropout = _check_dropout(dropout)
+    modules: list = [
+        ("conv1", nn.Conv2d(in_channels, w, 3, padding=1)),
+        ("act1", nn.ReLU()),
+        ("conv2", nn.Conv2d(w, 2 * w, 3, padding=1, stride=2)),
+        ("act2", nn.ReLU()),
+        ("conv3", nn.Conv2d(2 * w, 2 * w, 3, padding=1, stride=2)),
+        ("act3", nn.ReLU()),
+        ("pool", nn.AdaptiveAvgPool2d(2)),  # (B, 2w, 2, 2) whatever the image size
+        ("flatten", nn.Flatten()),
+    ]
+    return _head(modules, 8 * w, num_classes, dropout)
+
+
+class BasicBlock(nn.Module):
+    """A ResNet basic block: conv-BN-ReLU-conv-BN plus a shortcut (a 1×1 conv-BN when the shape changes), ReLU.
+
+    Args:
+        in_channels, out_channels: channels in and out.
+        stride: stride of the first conv and of the shortcut.
+
+    Shape:
+        (B, in_channels, H, W) → (B, out_channels, ⌈H/stride⌉, ⌈W/stride⌉).
+
+    References:
+        He et al., *Deep Residual Learning for Image Recognition*, CVPR 2016 (arXiv 1512.03385).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.short = (
+            nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+            if stride != 1 or in_channels != out_channels
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+def small_resnet(in_channels: int, num_classes: int, *, width: int, dropout: float = 0.0) -> nn.Sequential:
+    """A small ResNet: conv-BN-ReLU stem, 3 stages of 2 :class:`BasicBlock` (widths ``w, 2w, 4w``), pool, classifier.
+
+    The CIFAR-10 model of the curvature notebook (chapter 5). Modules: ``stem``, ``bn``, ``relu``, ``stage0``,
+    ``stage1``, ``stage2`` (stages 1 and 2 halve the resolution), ``pool`` (global average), ``flatten``,
+    ``dropout`` (only when ``dropout > 0``), ``classifier`` (input width ``4w``). Initialised like torch's layers,
+    from the global RNG.
+
+    Args:
+        in_channels: channels of the input images.
+        num_classes: number of outputs.
+        width: channels of the stem and of the first stage ``w``.
+        dropout: drop probability before the classifier; 0 adds no Dropout module.
+
+    Shape:
+        (B, in_channels, H, W) → (B, num_classes).
+
+    Raises:
+        ValueError: non-positive sizes or dropout outside [0, 1).
+
+    References:
+        He et al., CVPR 2016 (arXiv 1512.03385); thesis ch. 5.
+    """
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("num_classes", num_classes)
+    w = check_positive_int("width", width)
+    dropout = _check_dropout(dropout)
+    modules: list = [("stem", nn.Conv2d(in_channels, w, 3, 1, 1, bias=False)), ("bn", nn.BatchNorm2d(w))]
+    modules.append(("relu", nn.ReLU()))
+    for i, (c_in, c_out, s) in enumerate([(w, w, 1), (w, 2 * w, 2), (2 * w, 4 * w, 2)]):
+        modules.append((f"stage{i}", nn.Sequential(BasicBlock(c_in, c_out, s), BasicBlock(c_out, c_out, 1))))
+    modules += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())]
+    return _head(modules, 4 * w, num_classes, dropout)

@@ -238,7 +238,10 @@ def setup(
         namespace: the notebook's ``globals()``. Every public name in it must be a declared parameter: papermill
             only warns about an unknown parameter and injects it anyway, so a typo (``sacle="full"``) would
             otherwise run the default silently.
-        presets: ``{"ci": {...}, "full": {...}}``; the chosen one becomes ``ctx.preset``.
+        presets: ``{"ci": {...}, "full": {...}}``; the chosen one becomes ``ctx.preset``. One key is applied
+            here: ``threads``, when present and positive, sets torch's intra-op thread count
+            (``torch.set_num_threads``; tiny models run fastest on one thread of a shared CPU); 0 or absent
+            leaves torch's default. It is a process-wide setting, so a notebook never sets it itself.
         scale, seed, device, data_root: the standard parameters.
         **extra: the notebook's other parameters (``dataset`` is checked against :data:`stabkit.data.DATASETS`).
 
@@ -279,6 +282,9 @@ def setup(
         )
     if not isinstance(data_root, str) or not data_root:
         raise ValueError(f"data_root must be a non-empty string (a folder), got {data_root!r}")
+    threads = presets[scale].get("threads", 0)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"preset key threads must be a non-negative integer (0 = torch's default), got {threads!r}")
     if "dataset" in extra:
         from stabkit.data import DATASETS
 
@@ -295,6 +301,8 @@ def setup(
     matplotlib.use("Agg")  # non-interactive: identical output in Jupyter, papermill and CI
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")
     _set_style()
+    if threads:
+        torch.set_num_threads(threads)
     return Context(notebook, params, presets[scale], stems)
 
 

@@ -166,3 +166,56 @@ def test_mnist_test_split_from_shared_files(shared_data, tmp_path):
     assert ds.x_train.shape == (500, 1, 28, 28) and len(ds.y_test) == 100
     again = data.load("mnist-test", root=tmp_path, n_train=500, n_test=100, generator=gen())
     assert torch.equal(ds.x_train, again.x_train)
+
+
+# ------------------------------------------------------------------------------------------ label noise
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.45, 1.0])
+def test_label_noise_flips_the_expected_fraction_to_other_classes(rate):
+    n, k = 200_000, 10
+    y = torch.randint(0, k, (n,), generator=gen(1))
+    noisy = data.symmetric_label_noise(y, rate, k, generator=gen(2))
+    changed = noisy != y
+    # a flipped label never keeps its class, so the changed fraction is Binomial(n, rate) / n
+    sd = (rate * (1 - rate) / n) ** 0.5
+    assert abs(float(changed.float().mean()) - rate) <= 5 * sd + 1e-12
+    assert noisy.dtype == y.dtype and noisy.shape == y.shape
+    assert int(noisy.min()) >= 0 and int(noisy.max()) < k
+
+
+def test_label_noise_replacement_is_uniform_over_the_other_classes():
+    from scipy import stats
+
+    n, k = 90_000, 4
+    y = torch.zeros(n, dtype=torch.int64)
+    noisy = data.symmetric_label_noise(y, 0.5, k, generator=gen(3))
+    counts = torch.bincount(noisy[noisy != 0], minlength=k)[1:].numpy()
+    assert stats.chisquare(counts).pvalue > 1e-3  # classes 1..3 equally likely
+
+
+def test_label_noise_is_deterministic_and_seed_dependent():
+    y = torch.randint(0, 10, (500,), generator=gen(0))
+    a = data.symmetric_label_noise(y, 0.3, 10, generator=gen(7))
+    assert torch.equal(a, data.symmetric_label_noise(y, 0.3, 10, generator=gen(7)))
+    assert not torch.equal(a, data.symmetric_label_noise(y, 0.3, 10, generator=gen(8)))
+    assert torch.equal(data.symmetric_label_noise(y, 0.3, 10), data.symmetric_label_noise(y, 0.3, 10))
+    y0 = y.clone()
+    data.symmetric_label_noise(y, 0.3, 10, generator=gen(7))
+    assert torch.equal(y, y0)  # the input is left alone
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((torch.zeros(4, dtype=torch.int64), -0.1, 3), "rate"),
+        ((torch.zeros(4, dtype=torch.int64), 1.5, 3), "rate"),
+        ((torch.zeros(4, dtype=torch.int64), float("nan"), 3), "rate"),
+        ((torch.zeros(4, dtype=torch.int64), 0.1, 1), "num_classes"),
+        ((torch.tensor([0, 3]), 0.1, 3), r"labels must lie in \[0, 3\)"),
+        ((torch.tensor([-1, 0]), 0.1, 3), "labels"),
+        ((torch.zeros(4), 0.1, 3), "integer labels"),
+        ((torch.zeros(2, 2, dtype=torch.int64), 0.1, 3), "dimensions"),
+    ],
+)
+def test_label_noise_bad_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        data.symmetric_label_noise(*args, generator=gen())

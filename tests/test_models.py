@@ -1,12 +1,13 @@
-"""Tests of stabkit.models: shapes, guaranteed Lipschitz constants against Jacobian norms, export."""
+"""Tests of stabkit.models: shapes, guaranteed Lipschitz constants against Jacobian norms, export, baselines."""
 
 import math
 
 import pytest
 import torch
+from torch import nn
 
 from stabkit.layers import export_plain
-from stabkit.models import LAYER_TYPES, SIZES, LipschitzNet, NetSize
+from stabkit.models import LAYER_TYPES, SIZES, BasicBlock, LipschitzNet, NetSize, mlp, small_cnn, small_resnet
 
 D = torch.float64
 TOL = 1e-6
@@ -141,3 +142,138 @@ def test_bad_inputs():
         LipschitzNet((2,), 3, std=(1.0, 0.0))
     with pytest.raises(ValueError, match="one value per input channel"):
         LipschitzNet((3, 8, 8), 3, mean=(0.1, 0.2))
+
+
+# ------------------------------------------------------------------------------------- unconstrained baselines
+def last_name(net: nn.Sequential) -> str:
+    return list(net.named_children())[-1][0]
+
+
+def has_dropout(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.Dropout) for m in net.modules())
+
+
+@pytest.mark.parametrize("in_shape", [(2,), (1, 8, 8), (3, 5, 7), 13, (2, 3, 4, 5)])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_mlp_shapes_and_names(in_shape, activation):
+    torch.manual_seed(0)
+    net = mlp(in_shape, 7, width=16, activation=activation)
+    shape = (in_shape,) if isinstance(in_shape, int) else in_shape
+    assert net(torch.randn(3, *shape)).shape == (3, 7)
+    assert [n for n, _ in net.named_children()] == ["flatten", "fc1", "act1", "fc2", "act2", "classifier"]
+    assert isinstance(net.act1, {"relu": nn.ReLU, "tanh": nn.Tanh}[activation])
+    assert net.classifier.in_features == 16 and net.fc1.in_features == math.prod(shape)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_mlp_depth(depth):
+    net = mlp((1, 4, 4), 3, width=8, depth=depth)
+    assert sum(isinstance(m, nn.Linear) for m in net.modules()) == depth + 1
+    assert net.classifier.in_features == (8 if depth else 16)
+    assert net(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda p: mlp((1, 8, 8), 10, width=8, dropout=p),
+        lambda p: small_cnn(1, 10, width=4, dropout=p),
+        lambda p: small_resnet(3, 10, width=4, dropout=p),
+    ],
+    ids=["mlp", "small_cnn", "small_resnet"],
+)
+def test_dropout_only_when_asked_and_always_before_the_classifier(build):
+    without, with_ = build(0.0), build(0.5)
+    assert not has_dropout(without) and last_name(without) == "classifier"
+    names = [n for n, _ in with_.named_children()]
+    assert names[-2:] == ["dropout", "classifier"] and with_.dropout.p == 0.5
+    # the Dropout module holds no parameters: both models have the same parameter names
+    assert [n for n, _ in without.named_parameters()] == [n for n, _ in with_.named_parameters()]
+
+
+@pytest.mark.parametrize("in_channels, size", [(1, 8), (3, 32), (2, 13)])
+def test_small_cnn_shapes(in_channels, size):
+    torch.manual_seed(0)
+    net = small_cnn(in_channels, 5, width=4)
+    assert net(torch.randn(2, in_channels, size, size)).shape == (2, 5)
+    assert last_name(net) == "classifier" and net.classifier.in_features == 8 * 4
+
+
+@pytest.mark.parametrize("in_channels, size", [(3, 32), (1, 8), (3, 9)])
+def test_small_resnet_shapes(in_channels, size):
+    torch.manual_seed(0)
+    net = small_resnet(in_channels, 10, width=4).eval()
+    assert net(torch.randn(2, in_channels, size, size)).shape == (2, 10)
+    assert last_name(net) == "classifier" and net.classifier.in_features == 16
+    assert [n for n, _ in net.named_children()][3:6] == ["stage0", "stage1", "stage2"]
+    # stages 1 and 2 halve the resolution: 32 → 32, 16, 8
+    x = net.relu(net.bn(net.stem(torch.randn(1, in_channels, size, size))))
+    for i, c in enumerate((4, 8, 16)):
+        x = getattr(net, f"stage{i}")(x)
+        assert x.shape[1] == c and x.shape[-1] == math.ceil(size / 2**i)
+
+
+def test_basic_block_shortcut():
+    assert isinstance(BasicBlock(4, 4, 1).short, nn.Identity)
+    assert isinstance(BasicBlock(4, 8, 1).short, nn.Sequential)
+    assert BasicBlock(4, 8, 2).eval()(torch.randn(1, 4, 9, 9)).shape == (1, 8, 5, 5)
+    # identity shortcut: with the residual branch zeroed, the block is relu(x)
+    block = BasicBlock(3, 3).eval()
+    nn.init.zeros_(block.bn2.weight)
+    x = torch.randn(2, 3, 5, 5)
+    assert torch.allclose(block(x), torch.relu(x))
+
+
+def test_builders_initialise_like_the_torch_layers_they_replace():
+    # the notebooks built these inline; the library must draw the same weights from the same global seed
+    torch.manual_seed(3)
+    ref = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 10)
+    )  # fmt: skip
+    torch.manual_seed(3)
+    net = mlp((1, 8, 8), 10, width=16, activation="tanh")
+    for a, b in zip(ref.parameters(), net.parameters(), strict=True):
+        assert torch.equal(a, b)
+    torch.manual_seed(4)
+    ref = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 8, 3, padding=1, stride=2), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10),
+    )  # fmt: skip
+    torch.manual_seed(4)
+    net = small_cnn(1, 10, width=4)
+    for a, b in zip(ref.parameters(), net.parameters(), strict=True):
+        assert torch.equal(a, b)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(ref(x), net(x))
+
+
+def test_builders_follow_the_global_seed():
+    for build in (lambda: mlp(5, 2, width=4), lambda: small_cnn(1, 2, width=2), lambda: small_resnet(1, 2, width=2)):
+        torch.manual_seed(0)
+        a = build()
+        torch.manual_seed(0)
+        b = build()
+        for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+            assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: mlp((1, 0, 8), 10, width=8), "in_shape"),
+        (lambda: mlp((), 10, width=8), "in_shape"),
+        (lambda: mlp(4, 10, width=0), "width"),
+        (lambda: mlp(4, 0, width=8), "num_classes"),
+        (lambda: mlp(4, 10, width=8, depth=-1), "depth"),
+        (lambda: mlp(4, 10, width=8, activation="gelu"), "activation"),
+        (lambda: mlp(4, 10, width=8, dropout=1.0), "dropout"),
+        (lambda: small_cnn(1, 10, width=8, dropout=-0.1), "dropout"),
+        (lambda: small_cnn(0, 10, width=8), "in_channels"),
+        (lambda: small_resnet(3, 10, width=0), "width"),
+    ],
+)
+def test_baseline_bad_inputs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -147,3 +147,31 @@ def test_manifest_rejects_duplicate_stems_and_missing_fields(tmp_path):
 
 def test_machine_info_names_torch():
     assert torch.__version__ in support.machine_info()
+
+
+@pytest.fixture
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield n
+    torch.set_num_threads(n)
+
+
+def test_setup_applies_the_threads_preset(_restore_threads):
+    start = _restore_threads
+    target = 2 if start == 1 else 1
+    presets = {"ci": {"threads": target}, "full": {"threads": 0}}
+    ctx = support.setup("01_sensitivity", presets=presets, **STD)
+    assert torch.get_num_threads() == target and ctx.preset.threads == target
+    # 0 (and an absent key) leave the current setting alone
+    support.setup("01_sensitivity", presets=presets, **{**STD, "scale": "full"})
+    assert torch.get_num_threads() == target
+    make_ctx()
+    assert torch.get_num_threads() == target
+
+
+@pytest.mark.parametrize("threads", [-1, 1.5, True, "2"])
+def test_setup_rejects_a_bad_threads_preset(threads, _restore_threads):
+    presets = {"ci": {"threads": threads}, "full": {}}
+    with pytest.raises(ValueError, match="threads must be a non-negative integer"):
+        support.setup("01_sensitivity", presets=presets, **STD)
+    assert torch.get_num_threads() == _restore_threads
