@@ -69,16 +69,6 @@ def linear() -> torch.nn.Linear:
     return model.eval()
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def paired(fn, floor, repeats: int) -> tuple[float, float]:
     """Median times of ``fn`` and ``floor``, measured alternately so that both see the same CPU contention."""
     fn(), floor()  # warm-up

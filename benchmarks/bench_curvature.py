@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -34,16 +32,6 @@ def small_cnn() -> nn.Module:
         nn.Flatten(),
         nn.Linear(16 * 4 * 4, 10),
     )
-
-
-def median_time(fn, repeats: int) -> tuple[float, object]:
-    out = fn()  # warm-up (and the result)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def main() -> None:
@@ -74,13 +62,13 @@ def main() -> None:
         model.zero_grad()
         F.cross_entropy(model(x), y).backward()
 
-    t_grad, _ = median_time(gradient, max(10, args.repeats))
-    t_hvp, _ = median_time(lambda: H @ H.theta, max(10, args.repeats))
+    t_grad = support.median_time(gradient, repeats=max(10, args.repeats)).seconds
+    t_hvp = support.median_time(lambda: H @ H.theta, repeats=max(10, args.repeats)).seconds
 
     rows = []
 
     def run(name, fn):
-        t, (value, n_hvp) = median_time(fn, args.repeats)
+        (value, n_hvp), t = support.median_time(fn, repeats=args.repeats)
         rows.append((name, value, abs(value - exact) / abs(exact), n_hvp, t, t / t_grad))
 
     def lanczos(tol, n_basis=None):

@@ -364,6 +364,37 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+class Timing(NamedTuple):
+    """What :func:`median_time` measured."""
+
+    value: Any  # what the warm-up call returned
+    seconds: float  # median wall time of one call
+
+
+def median_time(fn, *, repeats: int = 5, device: str | torch.device | None = None) -> Timing:
+    """Median wall time of ``fn()`` over ``repeats`` calls after one warm-up call (for notebooks and benchmarks).
+
+    On a CUDA ``device`` the clock waits for the GPU before and after each call. The library's own functions never
+    time themselves; timings belong to notebooks (in tables marked ``timed`` in the manifest) and benchmarks.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    cuda = device is not None and torch.device(device).type == "cuda"
+    value = fn()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    mid = len(times) // 2
+    return Timing(value, times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2)
+
+
 def machine_info() -> str:
     """One line naming the machine, for benchmarks: CPU or GPU model, threads, torch version."""
     if torch.cuda.is_available():

@@ -175,3 +175,11 @@ def test_setup_rejects_a_bad_threads_preset(threads, _restore_threads):
     with pytest.raises(ValueError, match="threads must be a non-negative integer"):
         support.setup("01_sensitivity", presets=presets, **STD)
     assert torch.get_num_threads() == _restore_threads
+
+
+def test_median_time_returns_the_value_and_a_median():
+    calls = []
+    timing = support.median_time(lambda: calls.append(1) or 42, repeats=3)
+    assert timing.value == 42 and len(calls) == 4 and timing.seconds >= 0
+    with pytest.raises(ValueError, match="repeats"):
+        support.median_time(lambda: None, repeats=0)
