@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 def manifest_table() -> str:
     """The manifest as a text table."""
     rows = [("id", "ch", "notebook", "outputs", "ci", "full", "GPU", "published")]
-    for e in load_manifest().values():
+    for e in _chapter_order(load_manifest()):
         rows.append(
             (
                 e.id,
@@ -100,7 +100,7 @@ def manifest_markdown() -> str:
         "| id | ch | notebook | what | ci | full | GPU for full | timed | published |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for e in load_manifest().values():
+    for e in _chapter_order(load_manifest()):
         gpu = "yes" if e.full_needs_gpu else "no"
         timed = "yes" if e.timed else ""
         row = [f"`{e.id}`", e.chapter, f"`{e.notebook}`", e.title, e.runtime["ci"], e.runtime["full"], gpu, timed]
@@ -132,7 +132,7 @@ def reproduce(
                 f"unknown manifest id(s) {', '.join(unknown)}; `python -m stabkit.reproduce --list` shows them"
             )
     selected = [manifest[i] for i in (only or manifest)]
-    notebooks = list(dict.fromkeys(e.notebook for e in selected))  # manifest order, each once
+    notebooks = sorted({e.notebook for e in selected})  # NN_topic names: chapter order
 
     import papermill as pm
 
@@ -224,6 +224,11 @@ def results_table(results: list[dict]) -> str:
     total = sum(r["seconds"] for r in results)
     rows.append(("total", "", str(sum(r["files"] for r in results)), "", f"{total:.1f} s"))
     return _format_rows(rows)
+
+
+def _chapter_order(manifest: dict) -> list:
+    """Entries sorted by notebook (NN_topic: chapter order), keeping the manifest's order within a notebook."""
+    return sorted(manifest.values(), key=lambda e: e.notebook)  # sorted() is stable
 
 
 def _parse_param(text: str) -> tuple[str, object]:
