@@ -1,10 +1,15 @@
 """Certified robustness: margin certificates and randomized smoothing (thesis chapters 4, 6, 6b).
 
-Each block of re-exports below belongs to one family of certificates (and one branch); the implementations
-live in private modules.
+The implementations live in private modules, one per family; this module re-exports the public names.
+
+* Lipschitz-margin certificates (chapter 4): :func:`certify`, margin and LLN radii, certified accuracy, and
+  :func:`soundness_audit` (attacks every certified point within its radius).
+* Randomized smoothing (chapter 6): :class:`Smooth` (PREDICT / CERTIFY), sampling logs, LVM-RS.
+* Its statistics (chapter 6b): Clopper–Pearson, Bernstein, Bonferroni, CPM intervals; Cohen and Lipschitz-aware
+  radii; the smoothed-Lipschitz bound.
 """
 
-# --- randomized-smoothing statistics: intervals and radii (branch rsstats) ---
+# --- randomized-smoothing statistics: intervals and radii ---
 from stabkit.certify._intervals import (
     ClassBounds,
     CPMBounds,
@@ -29,7 +34,7 @@ from stabkit.certify._radii import (
     smoothed_lipschitz_bound,
 )
 
-__all__ = [  # rsstats names; other branches extend this list
+__all__ = [
     "ClassBounds",
     "CPMBounds",
     "Interval",
@@ -50,9 +55,8 @@ __all__ = [  # rsstats names; other branches extend this list
     "ramp_offset",
     "smoothed_lipschitz_bound",
 ]
-# --- end rsstats ---
 
-# --- randomized smoothing: sampling, PREDICT/CERTIFY, logs, LVM-RS (rssmooth) ---
+# --- randomized smoothing: sampling, PREDICT/CERTIFY, logs, LVM-RS ---
 from stabkit.certify._lvm import (
     MAP_KINDS,
     MAP_LIPSCHITZ,
@@ -94,9 +98,8 @@ __all__ += [
     "simplex_maps",
     "sparsemax",
 ]
-# --- end randomized smoothing (rssmooth) ---
 
-# --- Lipschitz-margin certificates and their soundness audit, chapter 4 (branch lipcert) ---
+# --- Lipschitz-margin certificates and their soundness audit ---
 from stabkit.certify._audit import AuditResult, soundness_audit  # noqa: E402
 from stabkit.certify._margin import (  # noqa: E402
     MarginCertificate,
@@ -117,4 +120,3 @@ __all__ += [
     "network_lipschitz",
     "soundness_audit",
 ]
-# --- end lipcert ---
