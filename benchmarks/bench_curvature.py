@@ -86,9 +86,9 @@ def main() -> None:
 
         return fn
 
-    run("Lanczos (eigsh, tol 1e-4, basis 10)", lanczos(1e-4))
-    run("Lanczos (eigsh, tol 1e-6, basis 10)", lanczos(1e-6))
-    run("Lanczos (eigsh, tol 1e-4, basis 6)", lanczos(1e-4, 6))
+    run("Lanczos (eigsh, tol 1e-4, default basis 6)", lanczos(1e-4))
+    run("Lanczos (eigsh, tol 1e-6, default basis 6)", lanczos(1e-6))
+    run("Lanczos (eigsh, tol 1e-4, basis 10)", lanczos(1e-4, 10))
     run("Lanczos (eigsh, tol 1e-4, basis 20 = ARPACK)", lanczos(1e-4, 20))
     run("power iteration (tol 1e-5)", power(1e-5))
     run("power iteration (tol 1e-7)", power(1e-7))
