@@ -22,6 +22,7 @@ from stabkit.certify import (
     load_log,
     save_log,
 )
+from stabkit.certify._smoothing import merge_logs
 
 
 def _linear(d: int, seed: int, classes: int = 2) -> torch.nn.Linear:
@@ -122,17 +123,106 @@ def test_same_generator_same_certificate():
     assert torch.equal(smooth.certify(x, n0=50, n=700).p_a, run(0).p_a)
 
 
-def test_noise_stream_spans_points():
-    # with batch_size = n every forward batch holds one point: sampling two points at once continues the
-    # stream
+def _shards_merged(smooth, x, parts, batch_sizes, seed, **kw):
+    logs = [
+        smooth.sample(x[idx], indices=idx, batch_size=bs, generator=torch.Generator().manual_seed(seed), **kw)
+        for idx, bs in zip(parts, batch_sizes, strict=True)
+    ]
+    return merge_logs(logs[::-1], n_points=len(x))  # shard order does not matter
+
+
+def _assert_same_log(a, b):
+    for name in ("counts_selection", "counts_estimation", "mean_selection", "var_selection", "mean_estimation"):
+        va, vb = getattr(a, name), getattr(b, name)
+        assert (va is None and vb is None) or np.array_equal(va, vb), name
+    assert np.array_equal(a.indices, b.indices) and a.seed == b.seed
+
+
+@pytest.mark.parametrize(
+    "kind", ["conv", "mlp-float64", "exact-linear", "lvm"], ids=["conv", "mlp-float64", "exact-linear", "lvm"]
+)
+def test_noise_is_batching_and_sharding_invariant(kind):
+    # Note [noise stream]: a point's noise depends on (seed, global index, stage, n0, n) only, so any split of
+    # the test set over workers and any batch sizes give one process's counts, sums and certificates
+    g = torch.Generator().manual_seed(0)
+    kw = {}
+    if kind == "conv":
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3))
+        x = torch.rand(7, 1, 6, 6, generator=g)
+        n0, n = 30, 9000  # 9000 rows of 36 numbers: three noise blocks per point
+    elif kind == "mlp-float64":
+        model = torch.nn.Sequential(_linear(4, 0, classes=5), torch.nn.Tanh(), _linear(5, 1, classes=3))
+        x = torch.randn(7, 4, generator=g, dtype=torch.float64)
+        n0, n = 20, 5000
+    elif kind == "exact-linear":
+        model = _linear(4, 2, classes=4)
+        x = torch.randn(7, 4, generator=g, dtype=torch.float64)
+        n0, n = 20, 9000
+    else:
+        model = torch.nn.Sequential(_linear(4, 3, classes=3))
+        x = torch.randn(7, 4, generator=g, dtype=torch.float64)
+        n0, n = 10, 600
+        kw = dict(temperatures=np.array([0.5, 2.0]))
+    smooth = Smooth(model, 3 if kind != "exact-linear" else 4, 0.5)
+    one = smooth.sample(x, n0=n0, n=n, batch_size=1000, generator=torch.Generator().manual_seed(4), **kw)
+    parts = [np.array([5, 0, 3]), np.array([6]), np.array([1, 2, 4])]
+    merged = _shards_merged(smooth, x, parts, [7, 4096, 333], 4, n0=n0, n=n, **kw)
+    _assert_same_log(one, merged)
+    for fa, fb in zip(certify_from_log(one, alpha=0.01), certify_from_log(merged, alpha=0.01), strict=True):
+        assert torch.equal(fa, fb)
+    # and the noise really is random: another seed, or the same point under another index, changes the counts
+    other = smooth.sample(x, n0=n0, n=n, batch_size=1000, generator=torch.Generator().manual_seed(5), **kw)
+    assert not np.array_equal(one.counts_estimation, other.counts_estimation)
+    moved = smooth.sample(x, n0=n0, n=n, indices=np.arange(7) + 7, generator=torch.Generator().manual_seed(4), **kw)
+    assert not np.array_equal(one.counts_estimation, moved.counts_estimation)
+
+
+def test_exact_linear_path_samples_the_generic_distribution():
+    # the exact path draws C − 1 normals through a root of the centred covariance: its class frequencies must
+    # match the generic path's (independent draws) within binomial error, for 4 classes
+    lin = _linear(3, 5, classes=4)
+    x = _points(3, 4, 5, scale=0.3)
+    n = 40_000
+    exact = Smooth(lin, 4, 0.7).sample(x, n0=0, n=n, generator=torch.Generator().manual_seed(0))
+    generic = Smooth(torch.nn.Sequential(lin), 4, 0.7).sample(x, n0=0, n=n, generator=torch.Generator().manual_seed(1))
+    p = (exact.counts_estimation + generic.counts_estimation) / (2 * n)
+    diff = np.abs(exact.counts_estimation - generic.counts_estimation)
+    assert np.all(diff <= 5 * np.sqrt(2 * n * p * (1 - p)) + 2)
+    assert (p > 0.05).sum() >= 8  # several classes with real mass were compared
+
+
+def test_merge_logs_checks_coverage_and_settings(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(4, 3))
-    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
-    smooth = Smooth(model, 3, 1.0)
-    both = smooth.sample(x, n0=0, n=300, batch_size=300, generator=torch.Generator().manual_seed(5))
-    g = torch.Generator().manual_seed(5)
-    first = smooth.sample(x[:1], n0=0, n=300, batch_size=300, generator=g)
-    second = smooth.sample(x[1:], n0=0, n=300, batch_size=300, generator=g)
-    assert np.array_equal(both.counts_estimation, np.concatenate([first.counts_estimation, second.counts_estimation]))
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    smooth = Smooth(model, 3, 0.5)
+
+    def shard(idx, seed=1, smooth=smooth, **kw):
+        idx = np.asarray(idx)
+        return smooth.sample(x[idx], n0=10, n=50, indices=idx, generator=torch.Generator().manual_seed(seed), **kw)
+
+    a, b = shard([0, 1, 2]), shard([3, 4])
+    paths = [save_log(a, tmp_path / "a.npz"), save_log(b, tmp_path / "b.npz")]
+    merged = merge_logs(paths)
+    assert merged.indices.tolist() == [0, 1, 2, 3, 4] and merged.seed == a.seed
+    full = smooth.sample(x, n0=10, n=50, generator=torch.Generator().manual_seed(1))
+    _assert_same_log(full, merged)
+    with pytest.raises(ValueError, match="exactly once.*twice \\[2\\]"):
+        merge_logs([a, shard([2, 3, 4])])
+    with pytest.raises(ValueError, match="missing \\[5\\]"):
+        merge_logs([a, b], n_points=6)
+    with pytest.raises(ValueError, match="seed"):
+        merge_logs([a, shard([3, 4], seed=2)])
+    with pytest.raises(ValueError, match="sigma"):
+        merge_logs([a, shard([3, 4], smooth=Smooth(model, 3, 0.25))])
+    with pytest.raises(ValueError, match="no global indices"):
+        merge_logs([a, b._replace(indices=None)])
+    with pytest.raises(ValueError, match="at least one"):
+        merge_logs([])
+    with pytest.raises(ValueError, match="distinct"):
+        smooth.sample(x[:2], n=10, indices=[3, 3])
+    with pytest.raises(ValueError, match="indices must be 2 integers"):
+        smooth.sample(x[:2], n=10, indices=[1.5, 2])
 
 
 def test_certify_is_sample_then_cohen():

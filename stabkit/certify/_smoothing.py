@@ -8,11 +8,18 @@ a grid of temperatures); the record is a :class:`SmoothingLog` that can be writt
 and certified later with any interval method (:func:`certify_from_log`, :func:`stabkit.certify.lvm_certify`)
 without sampling again. :meth:`Smooth.certify` is the two steps chained with Cohen's protocol.
 
-Note [noise stream]: the noisy samples of all test points form one stream, point after point (``n0`` selection
-samples of every point first, then ``n`` estimation samples of every point), cut into forward batches of
-``batch_size`` rows that may span several test points. Small models are then never evaluated on tiny batches,
-and the noise drawn for a test point depends only on the generator's state, the input shape, ``batch_size``
-and the point's position in ``x``: the same generator state and ``batch_size`` give the same certificate.
+Note [noise stream]: the noise of a test point depends only on the root seed (one draw from the ``generator``
+passed to :meth:`Smooth.sample`), the point's global index (``indices``, by default its position in ``x``), the
+stage (selection or estimation), the input shape and dtype, ``n0``/``n`` and the device type, never on which
+points are sampled together, on the batch size or on the worker. Each point's ``n`` samples of a stage are cut
+into blocks of ``noise_block_rows(row size)`` rows; block ``j`` is drawn in one call from a generator seeded with
+a SplitMix64 hash of ``(root, index, stage, j)``. Forward batches of ``batch_size`` rows are then filled from
+consecutive blocks and may span several test points, so small models are never evaluated on tiny batches. A
+test set split across workers (each sampling its points with their global ``indices`` and the same seeded
+generator) therefore gives the same counts as one process; :func:`merge_logs` joins the workers' logs. The
+counts are integers and the LVM-RS sums are accumulated row by row in stream order, so on the CPU they are
+identical too; on GPUs the float sums use atomics and may differ in the last bits, and a backend whose forward
+depends on the batch composition (cuDNN's algorithm choice) may move a logit by one rounding step.
 """
 
 from __future__ import annotations
@@ -79,6 +86,8 @@ class SmoothingLog(NamedTuple):
         mean_selection, var_selection: (B, K, T, C) float64 per-class mean and variance of ``map(T z)`` over
             the selection samples, or ``None``.
         mean_estimation, var_estimation: the same over the estimation samples, or ``None``.
+        indices: (B,) int64 global index of each point (Note [noise stream]), or ``None`` for a hand-made log.
+        seed: root seed of the noise stream, or ``None`` for a hand-made log.
     """
 
     sigma: float
@@ -93,6 +102,8 @@ class SmoothingLog(NamedTuple):
     var_selection: np.ndarray | None = None
     mean_estimation: np.ndarray | None = None
     var_estimation: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    seed: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -105,7 +116,7 @@ class SmoothingLog(NamedTuple):
     def subset(self, index: np.ndarray | slice) -> SmoothingLog:
         """The log of a subset of the test points (``index`` into the batch axis)."""
         per_point = ("labels", "counts_selection", "counts_estimation")
-        per_point += ("mean_selection", "var_selection", "mean_estimation", "var_estimation")
+        per_point += ("mean_selection", "var_selection", "mean_estimation", "var_estimation", "indices")
         return self._replace(**{k: getattr(self, k)[index] for k in per_point if getattr(self, k) is not None})
 
 
@@ -134,6 +145,17 @@ class _Accumulator:
             self.sum1.index_add_(0, point, s)
             self.sum2.index_add_(0, point, s * s)
 
+    def add_block(self, point: int, logits: torch.Tensor) -> None:
+        # every row of `logits` (m, C) belongs to test point `point`
+        c = self.num_classes
+        self.counts[point * c : (point + 1) * c] += torch.bincount(logits.argmax(dim=1), minlength=c)
+        if self.temperatures is not None:
+            from stabkit.certify._lvm import simplex_maps
+
+            s = simplex_maps(logits.double(), temperatures=self.temperatures, kinds=self.map_kinds)
+            self.sum1[point] += s.sum(dim=0)
+            self.sum2[point] += (s * s).sum(dim=0)
+
     def finish(self, n: int):
         counts = self.counts.view(-1, self.num_classes).cpu().numpy()
         if self.temperatures is None:
@@ -142,6 +164,49 @@ class _Accumulator:
         # unbiased variance from the running sums; clamp the tiny negative values left by rounding
         var = ((self.sum2 - n * mean * mean) / max(n - 1, 1)).clamp_min_(0.0)
         return counts, mean.cpu().numpy(), var.cpu().numpy()
+
+
+_MASK64 = (1 << 64) - 1
+_STAGES = {"selection": 1, "estimation": 2}
+#: Numbers per noise block (Note [noise stream]): big enough that drawing a block costs more than seeding it.
+NOISE_BLOCK_NUMBERS = 1 << 18
+
+
+def noise_block_rows(row_numel: int) -> int:
+    """Rows per noise block for samples of ``row_numel`` numbers (Note [noise stream]): 16 to 4096."""
+    return int(min(4096, max(16, NOISE_BLOCK_NUMBERS // max(1, int(row_numel)))))
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def block_seed(root: int, index: int, stage: str, block: int) -> int:
+    """Seed of noise block ``block`` of test point ``index`` in ``stage`` (Note [noise stream]); 63 bits."""
+    h = _splitmix64(int(root) & _MASK64)
+    for word in (int(index), _STAGES[stage], int(block)):
+        h = _splitmix64(h ^ (word & _MASK64))
+    return h >> 1
+
+
+def _root_seed(generator: torch.Generator) -> int:
+    """The stream's root seed: one draw from the caller's generator (so equal generator states, equal streams)."""
+    return int(torch.randint(0, 2**63 - 1, (1,), generator=generator, device=generator.device).item())
+
+
+def _check_indices(indices, n_points: int) -> np.ndarray:
+    if indices is None:
+        return np.arange(n_points, dtype=np.int64)
+    arr = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
+    if arr.shape != (n_points,) or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise ValueError(f"indices must be {n_points} integers (one global index per point of x), got {arr!r}")
+    arr = arr.astype(np.int64)
+    if (arr < 0).any() or len(np.unique(arr)) != n_points:
+        raise ValueError("indices must be distinct non-negative integers (the points' global indices)")
+    return arr
 
 
 class Smooth:
@@ -158,8 +223,9 @@ class Smooth:
         num_classes: number of classes C.
         sigma: noise standard deviation σ.
         exact_linear: if ``model`` is a ``torch.nn.Linear``, draw its noisy logits directly: ``W(x+δ) + b`` is
-            Gaussian with mean ``Wx + b`` and covariance ``σ² W Wᵀ``, so C normal draws per sample replace d
-            draws and a d×C product (same distribution, different random numbers than the generic path).
+            Gaussian with mean ``Wx + b`` and covariance ``σ² W Wᵀ``, and the argmax only sees the logits up to a
+            common shift, so C − 1 normal draws per sample replace d draws and a d×C product (same distribution
+            of counts and maps, different random numbers than the generic path).
 
     Example:
         >>> smooth = Smooth(torch.nn.Linear(2, 3), num_classes=3, sigma=0.5)
@@ -200,27 +266,70 @@ class Smooth:
             )
         return logits
 
-    def _stream(self, x, n, batch_size, generator, accumulators):
-        """Feed ``n`` noisy samples per point of ``x`` to the accumulators, ``batch_size`` rows a batch."""
-        n_points, shape = x.shape[0], x.shape[1:]
-        total = n_points * n
+    def _linear_root(self, x: torch.Tensor):
+        """Clean logits and a root ``R`` (C×r) with ``R Rᵀ = P W Wᵀ P``, ``P`` the centring projection.
+
+        ``argmax`` and the simplex maps are invariant to adding a constant to all logits, so only the centred
+        logits matter: their covariance ``σ² P W Wᵀ P`` has rank at most ``C − 1``, and C − 1 normal draws per
+        sample give exactly the distribution of the argmax (and of the maps) of ``W(x + δ) + b``.
+        """
+        weight = self.model.weight.detach().to(torch.float64)  # (C, d)
+        c = weight.shape[0]
+        # orthonormal basis Q (C×(C−1)) of the complement of the all-ones vector
+        ones = torch.ones(c, 1, dtype=torch.float64, device=weight.device) / c**0.5
+        q = torch.linalg.qr(torch.cat([ones, torch.eye(c, dtype=torch.float64, device=weight.device)], 1))[0]
+        q = q[:, 1:c]
+        wq = q.T @ weight  # (C−1, d)
+        # square root of Qᵀ W Wᵀ Q by eigendecomposition (Cholesky fails when rank W < C − 1)
+        evals, evecs = torch.linalg.eigh(wq @ wq.T)
+        root = q @ (evecs * evals.clamp_min(0).sqrt())  # (C, C−1)
+        return self._logits(x), (self.sigma * root.T).to(x.dtype)
+
+    def _stream(self, x, indices, n, stage, root_seed, batch_size, accumulator):
+        """Feed ``n`` noisy samples of ``stage`` per point of ``x`` to ``accumulator`` (Note [noise stream])."""
+        device, dtype = x.device, x.dtype
+        gen = torch.Generator(device=device)
         if self.exact_linear:
-            weight = self.model.weight.detach().to(torch.float64)  # (C, d)
-            # square root of W Wᵀ by eigendecomposition (Cholesky fails when rank W < C)
-            evals, evecs = torch.linalg.eigh(weight @ weight.T)
-            root = (evecs * evals.clamp_min(0).sqrt()).to(x.dtype)  # (C, C), root @ root.T = W Wᵀ
-            clean = self._logits(x)  # (B, C)
-        for start in range(0, total, batch_size):
-            stop = min(start + batch_size, total)
-            point = torch.arange(start, stop, device=x.device) // n  # (m,) test point of each row
-            if self.exact_linear:
-                eps = torch.randn((stop - start, self.num_classes), generator=generator, device=x.device)
-                # (m, C); not torch.addmm: its float64 kernel is ~100x slower here on CPU
-                logits = clean[point] + self.sigma * (eps.to(x.dtype) @ root.T)
-            else:
-                noise = torch.randn((stop - start, *shape), generator=generator, device=x.device, dtype=x.dtype)
-                logits = self._logits(noise.mul_(self.sigma).add_(x[point]))  # (m, C)
-            accumulators.add(point, logits)
+            clean, scaled_root = self._linear_root(x)  # (B, C), (C−1, C)
+            rows = noise_block_rows(scaled_root.shape[0])
+            for p, index in enumerate(indices.tolist()):
+                for j, start in enumerate(range(0, n, rows)):
+                    gen.manual_seed(block_seed(root_seed, index, stage, j))
+                    eps = torch.randn(
+                        (min(rows, n - start), scaled_root.shape[0]), generator=gen, device=device, dtype=dtype
+                    )
+                    accumulator.add_block(p, (eps @ scaled_root).add_(clean[p]))  # not addmm: slow in float64
+            return
+        shape = x.shape[1:]
+        rows = noise_block_rows(x[0].numel())
+        noisy = torch.empty((batch_size, *shape), device=device, dtype=dtype)  # x + σδ, filled block by block
+        point = torch.empty(batch_size, dtype=torch.int64, device=device)
+        fill = 0
+        for p, index in enumerate(indices.tolist()):
+            xp = x[p]
+            for j, start in enumerate(range(0, n, rows)):
+                m = min(rows, n - start)
+                gen.manual_seed(block_seed(root_seed, index, stage, j))
+                if m <= batch_size - fill:  # the block fits: draw it in place (same numbers as a fresh tensor)
+                    noisy[fill : fill + m].normal_(0.0, self.sigma, generator=gen).add_(xp)
+                    point[fill : fill + m] = p
+                    fill += m
+                else:
+                    block = torch.empty((m, *shape), device=device, dtype=dtype).normal_(0.0, self.sigma, generator=gen)
+                    done = 0
+                    while done < m:
+                        take = min(m - done, batch_size - fill)
+                        torch.add(block[done : done + take], xp, out=noisy[fill : fill + take])
+                        point[fill : fill + take] = p
+                        fill, done = fill + take, done + take
+                        if fill == batch_size:
+                            accumulator.add(point, self._logits(noisy))
+                            fill = 0
+                if fill == batch_size:
+                    accumulator.add(point, self._logits(noisy))
+                    fill = 0
+        if fill:
+            accumulator.add(point[:fill], self._logits(noisy[:fill]))
 
     def sample(
         self,
@@ -233,8 +342,14 @@ class Smooth:
         labels: torch.Tensor | np.ndarray | None = None,
         temperatures: torch.Tensor | np.ndarray | None = None,
         map_kinds: tuple[str, ...] = ("softmax", "sparsemax"),
+        indices: torch.Tensor | np.ndarray | None = None,
     ) -> SmoothingLog:
         """Run the noisy forward passes once and record what certification needs.
+
+        The noise of each point depends only on the generator's state, the point's global index, ``n0``, ``n``
+        and the input's shape, dtype and device type (Note [noise stream]): a test set split across workers, each
+        sampling its share with the global ``indices`` and an equally seeded generator, gives the logs of one
+        process, which :func:`merge_logs` joins.
 
         Args:
             x: test points, batch first.
@@ -247,12 +362,14 @@ class Smooth:
                 ``map_kinds`` at these temperatures (LVM-RS); ``stabkit.certify.TEMPERATURES`` is the
                 published grid. Costs ``2·K·T·C`` float64 operations per sample.
             map_kinds: simplex maps recorded with ``temperatures``.
+            indices: global index of each point of ``x`` in the whole test set (distinct, non-negative);
+                ``None`` means ``0 … B−1``.
 
         Returns:
-            A :class:`SmoothingLog` (numpy arrays on the CPU).
+            A :class:`SmoothingLog` (numpy arrays on the CPU) with ``indices`` and the root ``seed``.
 
         Shape:
-            x: ``(B, *input_shape)``; labels: ``(B,)``.
+            x: ``(B, *input_shape)``; labels, indices: ``(B,)``.
         """
         x = self._check_x(x)
         n0 = check_positive_int("n0", n0, minimum=0)
@@ -260,6 +377,7 @@ class Smooth:
         batch_size = check_positive_int("batch_size", batch_size)
         generator = resolve_generator(generator, x.device)
         n_points = x.shape[0]
+        indices_np = _check_indices(indices, n_points)
         if labels is None:
             labels_np = np.full(n_points, -1, dtype=np.int64)
         else:
@@ -280,10 +398,11 @@ class Smooth:
         if hasattr(self.model, "eval"):
             self.model.eval()
         try:
+            root = _root_seed(generator)
             with torch.no_grad():
                 if n0 > 0:
-                    self._stream(x, n0, batch_size, generator, selection)
-                self._stream(x, n, batch_size, generator, estimation)
+                    self._stream(x, indices_np, n0, "selection", root, batch_size, selection)
+                self._stream(x, indices_np, n, "estimation", root, batch_size, estimation)
         finally:
             if training:
                 self.model.train()
@@ -302,6 +421,8 @@ class Smooth:
             var_selection=var0 if n0 > 0 else None,
             mean_estimation=mean,
             var_estimation=var,
+            indices=indices_np,
+            seed=root,
         )
 
     # ------------------------------------------------------------------ PREDICT / CERTIFY
@@ -353,6 +474,7 @@ class Smooth:
         alpha: float = DEFAULT_ALPHA,
         batch_size: int = 1024,
         generator: torch.Generator | None = None,
+        indices: torch.Tensor | np.ndarray | None = None,
     ) -> Certificate:
         """Cohen et al.'s CERTIFY: guess the top class on ``n0`` samples, bound its probability on ``n`` more.
 
@@ -369,6 +491,7 @@ class Smooth:
             alpha: failure probability.
             batch_size: rows per forward pass.
             generator: noise source on ``x.device`` (``None``: seeded with 0).
+            indices: global indices of the points (see :meth:`sample`).
 
         Returns:
             :class:`Certificate` of tensors on ``x.device``.
@@ -381,7 +504,7 @@ class Smooth:
         """
         alpha = check_probability("alpha", alpha)
         n0 = check_positive_int("n0", n0)
-        log = self.sample(x, n0=n0, n=n, batch_size=batch_size, generator=generator)
+        log = self.sample(x, n0=n0, n=n, batch_size=batch_size, generator=generator, indices=indices)
         cert = certify_from_log(log, alpha=alpha, interval="cohen")
         return Certificate(*(t.to(x.device) for t in cert))
 
@@ -438,6 +561,7 @@ def certify_from_log(log: SmoothingLog, *, alpha: float = DEFAULT_ALPHA, interva
 
 # ---------------------------------------------------------------------- log files
 _LOG_SCALARS = ("sigma", "n0", "n")
+_LOG_OPTIONAL_SCALARS = ("seed",)
 _LOG_ARRAYS = (
     "labels",
     "counts_selection",
@@ -447,6 +571,7 @@ _LOG_ARRAYS = (
     "var_selection",
     "mean_estimation",
     "var_estimation",
+    "indices",
 )
 
 
@@ -456,6 +581,9 @@ def save_log(log: SmoothingLog, path: str | Path) -> Path:
     if path.suffix != ".npz":
         raise ValueError(f"log files are .npz archives; got {path.name!r}")
     arrays = {k: np.asarray(getattr(log, k)) for k in _LOG_SCALARS}
+    arrays.update(
+        {k: np.asarray(getattr(log, k), dtype=np.int64) for k in _LOG_OPTIONAL_SCALARS if getattr(log, k) is not None}
+    )
     arrays.update({k: getattr(log, k) for k in _LOG_ARRAYS if getattr(log, k) is not None})
     if log.map_kinds is not None:
         arrays["map_kinds"] = np.array(log.map_kinds, dtype=str)
@@ -471,7 +599,68 @@ def load_log(path: str | Path) -> SmoothingLog:
     with np.load(Path(path), allow_pickle=False) as data:
         fields = {k: data[k] for k in _LOG_ARRAYS if k in data}
         kinds = tuple(str(s) for s in data["map_kinds"]) if "map_kinds" in data else None
-        return SmoothingLog(sigma=float(data["sigma"]), n0=int(data["n0"]), n=int(data["n"]), map_kinds=kinds, **fields)
+        seed = int(data["seed"]) if "seed" in data else None
+        return SmoothingLog(
+            sigma=float(data["sigma"]), n0=int(data["n0"]), n=int(data["n"]), map_kinds=kinds, seed=seed, **fields
+        )
+
+
+def merge_logs(logs, *, n_points: int | None = None) -> SmoothingLog:
+    """Join the log shards of several workers into the log of the whole test set, in global-index order.
+
+    Every shard must come from the same sampling settings (σ, ``n0``, ``n``, number of classes, temperatures and
+    maps, root seed) and carry its points' global ``indices``; together they must cover ``0 … n_points − 1``
+    exactly once. Certifying the merged log gives the certificates of one process sampling the whole set
+    (Note [noise stream]).
+
+    Args:
+        logs: :class:`SmoothingLog` objects or paths of files written by :func:`save_log`.
+        n_points: size of the test set; ``None``: the number of points in the shards.
+
+    Returns:
+        A :class:`SmoothingLog` whose point ``i`` has global index ``i``.
+
+    Raises:
+        ValueError: no shard, a shard without indices or seed, different settings, or points missing or
+            sampled twice.
+    """
+    shards = [load_log(item) if isinstance(item, str | Path) else item for item in logs]
+    if not shards:
+        raise ValueError("merge_logs needs at least one log shard")
+    first = shards[0]
+
+    def settings(log: SmoothingLog):
+        temps = None if log.temperatures is None else tuple(np.asarray(log.temperatures).tolist())
+        return (float(log.sigma), int(log.n0), int(log.n), log.num_classes, temps, log.map_kinds, log.seed)
+
+    names = ("sigma", "n0", "n", "num_classes", "temperatures", "map_kinds", "seed")
+    for k, log in enumerate(shards):
+        if log.indices is None or log.seed is None:
+            raise ValueError(f"shard {k} has no global indices or seed: sample it with Smooth.sample(..., indices=...)")
+        if settings(log) != settings(first):
+            diff = [
+                f"{n}: {a!r} vs {b!r}" for n, a, b in zip(names, settings(first), settings(log), strict=True) if a != b
+            ]
+            raise ValueError(f"shard {k} was sampled with other settings than shard 0 ({'; '.join(diff)})")
+    indices = np.concatenate([np.asarray(log.indices, dtype=np.int64) for log in shards])
+    total = len(indices) if n_points is None else int(n_points)
+    counts = np.bincount(indices[(indices >= 0) & (indices < total)], minlength=total)
+    twice, missing = np.flatnonzero(counts > 1), np.flatnonzero(counts == 0)
+    outside = indices[(indices < 0) | (indices >= total)]
+    if len(twice) or len(missing) or len(outside):
+        raise ValueError(
+            f"the shards must cover points 0 … {total - 1} exactly once: sampled twice {twice[:10].tolist()}, "
+            f"missing {missing[:10].tolist()}, out of range {outside[:10].tolist()} (first 10 of each)"
+        )
+    order = np.argsort(indices, kind="stable")
+    per_point = ("labels", "counts_selection", "counts_estimation")
+    per_point += ("mean_selection", "var_selection", "mean_estimation", "var_estimation")
+    merged = {
+        k: np.concatenate([getattr(log, k) for log in shards])[order]
+        for k in per_point
+        if getattr(first, k) is not None
+    }
+    return first._replace(indices=indices[order], **merged)
 
 
 # ---------------------------------------------------------------------- training
