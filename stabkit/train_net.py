@@ -105,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=4)
     parser.add_argument("--kernel-size", type=int, default=3)
     parser.add_argument("--width", type=int, default=64, help="small-cnn width")
+    parser.add_argument("--no-center", action="store_true", help="no input centring (LipschitzNet on images)")
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=256, help="global batch size (split over the ranks)")
     parser.add_argument("--lr", type=float, default=0.01, help="peak learning rate of Adam")
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> Path:
         generator=derived_generator(args.seed, "data"),
     )
     shape = tuple(ds.x_train.shape[1:])
-    mean = ds.x_train.mean(dim=(0, 2, 3)).tolist() if len(shape) == 3 and args.arch != "small-cnn" else None
+    center = len(shape) == 3 and args.arch != "small-cnn" and not args.no_center
+    mean = ds.x_train.mean(dim=(0, 2, 3)).tolist() if center else None  # centring only: keeps L = 1
     config = {
         "arch": args.arch,
         "size": args.size,
