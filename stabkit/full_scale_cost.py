@@ -5,7 +5,8 @@
 For every heavy network of the ``full`` presets it builds the network at the published size, times a few training
 steps (forward, backward, Adam) and noisy forward passes on random CIFAR-10-shaped inputs on this machine, counts
 their floating-point operations with ``torch.utils.flop_counter.FlopCounterMode``, and multiplies by the protocol
-(epochs × 50 000 training images; test points × (n0 + n) noisy samples). The GPU column divides the operation
+(epochs × 50 000 training images at batch 256; test points × (n0 + n) noisy samples at batch 10 000); a
+Lipschitz layer's per-step weight rescaling is counted once per batch. The GPU column divides the operation
 count by an assumed sustained rate (``--gpu-tflops``): an estimate, not a measurement.
 """
 
@@ -64,66 +65,77 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(batch: int, repeats: int, gpu_tflops: float) -> list[dict]:
-    """One row per network: measured seconds and FLOPs per image, and the protocol's totals."""
+def measure(batch: int, repeats: int, gpu_tflops: float, protocol_batch: int = 256, forward_batch: int = 10_000):
+    """Yield one row per network: FLOPs and measured seconds per image, and the protocol's totals.
+
+    A Lipschitz layer recomputes its weight rescaling once per step whatever the batch size, so the FLOPs are
+    counted at batch 1 and 2 and split into a fixed part and a per-image part; the protocol's cost is that of its
+    own batch (``protocol_batch`` for training, ``forward_batch`` for certification). The measured time at
+    ``batch`` is scaled to the protocol's batch by the FLOP ratio.
+    """
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, *CIFAR, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
-    rows = []
     for entry, name, build, epochs, trainings, samples in _nets():
         net = build()
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
 
-        def step(net=net, opt=opt):
+        def step(b, net=net, opt=opt):
+            x = torch.rand(b, *CIFAR, generator=g)
+            y = torch.randint(0, 10, (b,), generator=g)
             net.train()
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
             opt.step()
 
-        def forward(net=net):
+        def forward(b, net=net):
             net.eval()
             with torch.no_grad():
-                net(x + 0.25 * torch.randn(x.shape, generator=g))
+                net(torch.rand(b, *CIFAR, generator=g))
 
-        train_s, train_f = _median_time(step, repeats) / batch, _flops(step) / batch
-        fwd_s, fwd_f = _median_time(forward, repeats) / batch, _flops(forward) / batch
-        steps = trainings * epochs * N_TRAIN
-        total_flops = steps * train_f + samples * fwd_f
-        rows.append(
-            dict(
-                entry=entry,
-                network=name,
-                train_gflop_per_image=train_f / 1e9,
-                train_cpu_ms_per_image=1e3 * train_s,
-                forward_gflop_per_sample=fwd_f / 1e9,
-                forward_cpu_ms_per_sample=1e3 * fwd_s,
-                protocol=f"{trainings}× {epochs} epochs" + (f" + {samples:.2e} noisy samples" if samples else ""),
-                cpu_days=(steps * train_s + samples * fwd_s) / 86_400,
-                gpu_hours=total_flops / (gpu_tflops * 1e12) / 3600,
-            )
+        rows = {}
+        for label, fn, big in (("train", step, protocol_batch), ("forward", forward, forward_batch)):
+            f1, f2 = _flops(lambda fn=fn: fn(1)), _flops(lambda fn=fn: fn(2))
+            per_image, fixed = f2 - f1, 2 * f1 - f2
+            seconds = _median_time(lambda fn=fn: fn(batch), repeats)
+            flops_big = fixed + big * per_image
+            rows[label] = (per_image, fixed, flops_big / big, seconds * flops_big / (fixed + batch * per_image) / big)
+        steps = trainings * epochs * N_TRAIN  # images seen in training
+        total_flops = steps * rows["train"][2] + samples * rows["forward"][2]
+        yield dict(
+            entry=entry,
+            network=name,
+            train_gflop_per_image=rows["train"][2] / 1e9,
+            train_fixed_gflop=rows["train"][1] / 1e9,
+            train_cpu_ms_per_image=1e3 * rows["train"][3],
+            forward_gflop_per_sample=rows["forward"][2] / 1e9,
+            forward_cpu_ms_per_sample=1e3 * rows["forward"][3],
+            protocol=f"{trainings}× {epochs} epochs" + (f" + {samples:.2e} noisy samples" if samples else ""),
+            cpu_days=(steps * rows["train"][3] + samples * rows["forward"][3]) / 86_400,
+            gpu_hours=total_flops / (gpu_tflops * 1e12) / 3600,
         )
-    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stabkit.full_scale_cost", description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=8, help="images per measured step (costs scale with it)")
+    parser.add_argument("--batch", type=int, default=4, help="images per timed step (scaled to 256 by FLOPs)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gpu-tflops", type=float, default=10.0, help="assumed sustained GPU rate, TFLOP/s")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = measure(args.batch, args.repeats, args.gpu_tflops)
     print(f"# full_scale_cost: torch {torch.__version__}, {platform.machine()}, threads {torch.get_num_threads()}, ")
     print(f"# batch {args.batch}, median of {args.repeats}; GPU column = FLOPs / {args.gpu_tflops:g} TFLOP/s (assumed)")
-    head = f"{'entry':38s} {'network':16s} {'train GF/img':>12s} {'ms/img':>8s} {'fwd GF':>8s} {'ms/smp':>8s}"
+    head = f"{'entry':38s} {'network':16s} {'train GF/img':>12s} {'fixed GF':>9s} {'ms/img':>8s} {'fwd GF':>8s}"
+    head += f" {'ms/smp':>8s}"
     print(head + f" {'CPU days':>9s} {'GPU h':>7s}  protocol")
-    for r in rows:
+    rows = []
+    for r in measure(args.batch, args.repeats, args.gpu_tflops):
+        rows.append(r)
         print(
-            f"{r['entry']:38s} {r['network']:16s} {r['train_gflop_per_image']:12.3f} "
+            f"{r['entry']:38s} {r['network']:16s} {r['train_gflop_per_image']:12.3f} {r['train_fixed_gflop']:9.2f} "
             f"{r['train_cpu_ms_per_image']:8.1f} "
             f"{r['forward_gflop_per_sample']:8.3f} {r['forward_cpu_ms_per_sample']:8.2f} {r['cpu_days']:9.0f} "
-            f"{r['gpu_hours']:7.1f}  {r['protocol']}"
+            f"{r['gpu_hours']:7.1f}  {r['protocol']}",
+            flush=True,
         )
     total = sum(r["gpu_hours"] for r in rows)
     print(f"# total {total:.0f} GPU-hours at {args.gpu_tflops:g} TFLOP/s; with K GPUs about {math.ceil(total)}/K hours")

@@ -16,6 +16,7 @@ from stabkit.certify import (
     simplex_maps,
     sparsemax,
 )
+from stabkit.certify._smoothing import _root_seed, block_seed
 
 
 def _project_brute_force(z: np.ndarray) -> np.ndarray:
@@ -87,7 +88,8 @@ def test_temperature_grid_is_the_published_one():
 
 
 def test_logged_statistics_match_a_direct_computation():
-    # one forward batch per stream (batch_size ≥ n): the sampler's noise is randn((n0, d)) then randn((n, d))
+    # one noise block per stream (n ≤ noise_block_rows): each block is drawn from its own seeded generator
+    # (Note [noise stream])
     lin = _linear(3, 0, classes=4)
     model = torch.nn.Sequential(lin)
     x = torch.randn(1, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -95,11 +97,12 @@ def test_logged_statistics_match_a_direct_computation():
     log = Smooth(model, 4, 0.7).sample(
         x, n0=50, n=400, batch_size=1000, temperatures=temps, generator=torch.Generator().manual_seed(2)
     )
-    g = torch.Generator().manual_seed(2)
-    for n, mean, var, counts in (
-        (50, log.mean_selection, log.var_selection, log.counts_selection),
-        (400, log.mean_estimation, log.var_estimation, log.counts_estimation),
+    root = _root_seed(torch.Generator().manual_seed(2))
+    for stage, n, mean, var, counts in (
+        ("selection", 50, log.mean_selection, log.var_selection, log.counts_selection),
+        ("estimation", 400, log.mean_estimation, log.var_estimation, log.counts_estimation),
     ):
+        g = torch.Generator().manual_seed(block_seed(root, 0, stage, 0))
         logits = lin(x + 0.7 * torch.randn((n, 3), generator=g, dtype=torch.float64)).detach()
         s = simplex_maps(logits, temperatures=torch.from_numpy(temps))  # (n, K, T, C)
         np.testing.assert_allclose(mean[0], s.mean(dim=0).numpy(), atol=1e-12)
