@@ -65,7 +65,14 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(batch: int, repeats: int, gpu_tflops: float, protocol_batch: int = 256, forward_batch: int = 10_000):
+def measure(
+    batch: int,
+    repeats: int,
+    gpu_tflops: float,
+    protocol_batch: int = 256,
+    forward_batch: int = 10_000,
+    only: tuple[str, ...] = (),
+):
     """Yield one row per network: FLOPs and measured seconds per image, and the protocol's totals.
 
     A Lipschitz layer recomputes its weight rescaling once per step whatever the batch size, so the FLOPs are
@@ -75,6 +82,8 @@ def measure(batch: int, repeats: int, gpu_tflops: float, protocol_batch: int = 2
     """
     g = torch.Generator().manual_seed(0)
     for entry, name, build, epochs, trainings, samples in _nets():
+        if only and name not in only:
+            continue
         net = build()
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
 
@@ -93,6 +102,7 @@ def measure(batch: int, repeats: int, gpu_tflops: float, protocol_batch: int = 2
 
         rows = {}
         for label, fn, big in (("train", step, protocol_batch), ("forward", forward, forward_batch)):
+            fn(1)  # warm-up: CPL computes (and caches) its certified eval-mode bound at the first eval forward
             f1, f2 = _flops(lambda fn=fn: fn(1)), _flops(lambda fn=fn: fn(2))
             per_image, fixed = f2 - f1, 2 * f1 - f2
             seconds = _median_time(lambda fn=fn: fn(batch), repeats)
@@ -120,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gpu-tflops", type=float, default=10.0, help="assumed sustained GPU rate, TFLOP/s")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", nargs="*", default=(), help="network names to measure (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"# full_scale_cost: torch {torch.__version__}, {platform.machine()}, threads {torch.get_num_threads()}, ")
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     head += f" {'ms/smp':>8s}"
     print(head + f" {'CPU days':>9s} {'GPU h':>7s}  protocol")
     rows = []
-    for r in measure(args.batch, args.repeats, args.gpu_tflops):
+    for r in measure(args.batch, args.repeats, args.gpu_tflops, only=tuple(args.only)):
         rows.append(r)
         print(
             f"{r['entry']:38s} {r['network']:16s} {r['train_gflop_per_image']:12.3f} {r['train_fixed_gflop']:9.2f} "

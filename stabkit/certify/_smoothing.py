@@ -319,6 +319,11 @@ class Smooth:
                     done = 0
                     while done < m:
                         take = min(m - done, batch_size - fill)
+                        if fill == 0 and take == batch_size:  # a whole forward batch inside the block: no copy
+                            point.fill_(p)
+                            accumulator.add(point, self._logits(block[done : done + take].add_(xp)))
+                            done += take
+                            continue
                         torch.add(block[done : done + take], xp, out=noisy[fill : fill + take])
                         point[fill : fill + take] = p
                         fill, done = fill + take, done + take
