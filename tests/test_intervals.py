@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from stabkit.certify import (
+from stabkit.certify.stats import (
     bernstein_interval,
     bernstein_shift,
     bonferroni_bounds,

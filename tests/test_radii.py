@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from stabkit.certify import (
+from stabkit.certify.stats import (
     local_lipschitz,
     radius_mono,
     radius_mono_lip,
