@@ -26,3 +26,8 @@ def test_mlp_matches_the_autograd_jacobian():
 def test_bad_input():
     with pytest.raises(ValueError, match="NaN or infinite"):
         input_jacobian_norms(nn.Linear(2, 2), torch.tensor([[float("nan"), 0.0]]))
+
+
+def test_empty_batch_gets_a_clear_error():
+    with pytest.raises(ValueError, match="empty batch"):
+        input_jacobian_norms(nn.Linear(2, 2), torch.zeros(0, 2))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 
-from stabkit._checks import check_positive_float, check_positive_int, check_tensor, resolve_generator
+from stabkit._checks import check_choice, check_positive_float, check_positive_int, check_tensor, resolve_generator
 from stabkit.curvature._functional import LossFn, ParameterSpace, check_functional_model, iterate_data
 
 
@@ -124,6 +124,8 @@ class HessianOperator:
 
 
 Operator = HessianOperator | torch.Tensor
+#: ARPACK's choice of eigenvalues: largest algebraic, largest magnitude, smallest algebraic.
+Which = Literal["LA", "LM", "SA"]
 
 
 def _as_matvec(op: Operator) -> tuple[Callable[[torch.Tensor], torch.Tensor], int, torch.dtype, torch.device]:
@@ -134,6 +136,13 @@ def _as_matvec(op: Operator) -> tuple[Callable[[torch.Tensor], torch.Tensor], in
         check_tensor("op", op, ndim=2)
         if op.shape[0] != op.shape[1]:
             raise ValueError(f"op must be a square matrix, got shape {tuple(op.shape)}")
+        # symmetric up to rounding: 100 ulps of the largest entry (an A + Aᵀ or a Gram matrix passes)
+        scale = float(op.abs().max()) if op.numel() else 0.0
+        if op.is_floating_point() and float((op - op.T).abs().max()) > 100 * torch.finfo(op.dtype).eps * scale:
+            raise ValueError(
+                "op must be a symmetric matrix (these are eigensolvers for Hessians); symmetrise it with "
+                "(op + op.T) / 2 if the asymmetry is rounding"
+            )
         return (lambda v: op @ v.to(op.dtype)), op.shape[0], op.dtype, op.device
     raise TypeError(f"op must be a HessianOperator or a square torch.Tensor, got {type(op).__name__}")
 
@@ -152,7 +161,7 @@ def top_eigenvalues(
     *,
     tol: float = 1e-6,
     n_iter: int | None = None,
-    which: str = "LA",
+    which: Which = "LA",
     n_basis: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Eigen:
@@ -178,7 +187,7 @@ def top_eigenvalues(
         inside the spectrum, so ``eigenvalues[0]`` is a lower bound on ``λ_max`` up to ``tol``.
 
     Raises:
-        ValueError: ``k`` not in ``[1, n)`` or an unknown ``which``.
+        ValueError: ``k`` not in ``[1, n)``, an unknown ``which``, or a non-symmetric matrix.
         scipy.sparse.linalg.ArpackNoConvergence: no convergence within ``n_iter``.
 
     References:
@@ -188,8 +197,7 @@ def top_eigenvalues(
     check_positive_int("k", k)
     if k >= dim:
         raise ValueError(f"k must be smaller than the dimension {dim}, got {k}; use torch.linalg.eigvalsh")
-    if which not in ("LA", "LM", "SA"):
-        raise ValueError(f"which must be 'LA', 'LM' or 'SA', got {which!r}")
+    check_choice("which", which, get_args(Which))
     check_positive_float("tol", tol)
     if n_iter is not None:
         check_positive_int("n_iter", n_iter)
@@ -213,7 +221,7 @@ def top_eigenvalues(
     return Eigen(values, vectors, count[0])
 
 
-def power_iteration(
+def power_eigenpairs(
     op: Operator,
     k: int = 1,
     *,
