@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 test: lint
-	$(PY) -m pytest $(NBVAL) --durations=15 tests notebooks
+	$(PY) -m pytest $(NBVAL) --durations=15 stabkit tests notebooks
 
 notebooks: $(STAMP)
 	$(PY) -m stabkit.reproduce --store-outputs

@@ -108,7 +108,7 @@ def test_logged_statistics_match_a_direct_computation():
 
 
 def test_variance_obeys_gaussian_poincare():
-    # Var s(τ f(x+δ))_c ≤ σ² Lip² with Lip = MAP_LIPSCHITZ · τ · ‖W‖₂ (THESIS §7); slack for the sampling
+    # Var s(τ f(x+δ))_c ≤ σ² Lip² with Lip = MAP_LIPSCHITZ · τ · ‖W‖₂ (arXiv 2309.16883); slack for the sampling
     # error
     sigma = 0.5
     lin = _linear(4, 3, classes=3)

@@ -185,7 +185,7 @@ def test_predict_uses_two_sided_binomial_test():
 
 
 def test_reference_cohen_radius():
-    # [C] THESIS §7: one-sided CP lower bound of 99 000 / 100 000 at α = 0.001 is 0.988989 ⇒ R_mono(σ=0.25) =
+    # [C] arXiv 2309.16883: one-sided CP lower bound of 99 000 / 100 000 at α = 0.001 is 0.988989 ⇒ R_mono(σ=0.25) =
     # 0.5725
     log = SmoothingLog(
         sigma=0.25, n0=100, n=100_000, labels=np.array([0]),
@@ -197,7 +197,7 @@ def test_reference_cohen_radius():
 
 
 def test_reference_cpm_bonferroni_cohen():
-    # [C] THESIS §8: counts (59k, 26k, 8k, 4k, 2k, 1k, 0…), N = 1e5, σ = 0.5, α = 0.001
+    # [C] arXiv 2504.02412: counts (59k, 26k, 8k, 4k, 2k, 1k, 0…), N = 1e5, σ = 0.5, α = 0.001
     counts = np.array([[59_000, 26_000, 8_000, 4_000, 2_000, 1_000, 0, 0, 0, 0]])
     log = SmoothingLog(
         sigma=0.5,

@@ -165,7 +165,8 @@ def clopper_pearson(k: object, n: object, *, alpha: float, sided: Sided = "two")
         0.988989
 
     References:
-        Clopper & Pearson, Biometrika 1934. Cohen, Rosenfeld & Kolter, ICML 2019 (CERTIFY). Thesis ch. 6.
+        Clopper & Pearson, Biometrika 1934. Cohen, Rosenfeld & Kolter, ICML 2019 (arXiv 1902.02918, CERTIFY).
+        Thesis arXiv:2510.25282, ch. 6.
     """
     a = check_probability("alpha", alpha)
     sided = check_choice("sided", sided, _SIDES)
@@ -209,7 +210,7 @@ def bernstein_shift(std: object, n: object, *, alpha: float) -> np.ndarray | flo
 
     References:
         Maurer & Pontil, "Empirical Bernstein bounds and sample variance penalization", COLT 2009, Thm. 4.
-        Delattre et al., ICLR 2024 (LVM-RS). Thesis ch. 6.
+        Delattre et al., ICLR 2024 (LVM-RS, arXiv 2309.16883). Thesis arXiv:2510.25282, ch. 6.
     """
     a = check_probability("alpha", alpha)
     s = np.asarray(std, dtype=np.float64)
@@ -242,7 +243,7 @@ def bernstein_interval(mean: object, std: object, n: object, *, alpha: float, si
         ValueError: ``mean`` outside ``[0, 1]`` or non-finite, and the errors of :func:`bernstein_shift`.
 
     References:
-        Maurer & Pontil, COLT 2009. Thesis ch. 6.
+        Maurer & Pontil, COLT 2009. Thesis arXiv:2510.25282, ch. 6.
     """
     a = check_probability("alpha", alpha)
     sided = check_choice("sided", sided, _SIDES)
@@ -279,8 +280,8 @@ def bonferroni_bounds(counts: object, *, alpha: float) -> Interval:
         ValueError: counts not integer, negative, zero total, or fewer than 2 classes.
 
     References:
-        Delattre, Caillon, Barthélemy, Fagnou & Allauzen, AISTATS 2025 (multiple testing in RS). Thesis ch.
-        6b.
+        Delattre, Caillon, Barthélemy, Fagnou & Allauzen, AISTATS 2025 (arXiv 2504.02412, multiple testing in
+        RS). Thesis arXiv:2510.25282, ch. 6b.
     """
     a = check_probability("alpha", alpha)
     c = check_counts("counts", counts)
@@ -309,7 +310,7 @@ def cpm_buckets(counts_selection: object) -> list[list[int]]:
         List of buckets, each a list of class indices; ``buckets[0] == [top class]``.
 
     References:
-        Delattre et al., AISTATS 2025 (class partitioning). Thesis ch. 6b.
+        Delattre et al., AISTATS 2025 (class partitioning). Thesis arXiv:2510.25282, ch. 6b.
     """
     s = check_counts("counts_selection", counts_selection)
     if s.ndim != 1 or s.shape[0] < 2:
@@ -422,7 +423,7 @@ def cpm_bounds(counts_selection: object, counts_estimation: object, *, alpha: fl
 
     References:
         Delattre, Caillon, Barthélemy, Fagnou & Allauzen, "Bridging the theoretical gap in randomized
-        smoothing", AISTATS 2025. Thesis ch. 6b.
+        smoothing", AISTATS 2025 (arXiv 2504.02412). Thesis arXiv:2510.25282, ch. 6b.
     """
     a = check_probability("alpha", alpha)
     sel = check_counts("counts_selection", counts_selection)
@@ -600,7 +601,7 @@ def certificate_validity_probability(
         ValueError: bad ``probs``, unknown method or criterion, too many outcomes to enumerate.
 
     References:
-        Delattre et al., AISTATS 2025 (multiple testing in RS); thesis ch. 6b.
+        Delattre et al., AISTATS 2025 (multiple testing in RS); thesis arXiv:2510.25282, ch. 6b.
     """
     a = check_probability("alpha", alpha)
     p = np.asarray(probs, dtype=np.float64)

@@ -62,7 +62,7 @@ def radius_mono(p_a: object, *, sigma: float) -> np.ndarray | float:
         0.5725
 
     References:
-        Cohen, Rosenfeld & Kolter, ICML 2019, Thm. 1. Thesis ch. 6.
+        Cohen, Rosenfeld & Kolter, ICML 2019 (arXiv 1902.02918), Thm. 1. Thesis arXiv:2510.25282, ch. 6.
     """
     s = check_positive_float("sigma", sigma)
     return scalar_or_array(s * special.ndtri(check_probabilities("p_a", p_a)))
@@ -83,7 +83,7 @@ def radius_multi(p_a: object, p_b: object, *, sigma: float) -> np.ndarray | floa
         Radius of the broadcast shape.
 
     References:
-        Cohen, Rosenfeld & Kolter, ICML 2019, Thm. 1. Thesis ch. 6.
+        Cohen, Rosenfeld & Kolter, ICML 2019 (arXiv 1902.02918), Thm. 1. Thesis arXiv:2510.25282, ch. 6.
     """
     s = check_positive_float("sigma", sigma)
     pa, pb = check_probabilities("p_a", p_a), check_probabilities("p_b", p_b)
@@ -148,7 +148,7 @@ def ramp_offset(p: object, *, sigma: float, lipschitz: object) -> np.ndarray | f
         ``s0`` of the broadcast shape.
 
     References:
-        Delattre et al., AISTATS 2025. Thesis ch. 6b.
+        Delattre et al., AISTATS 2025 (arXiv 2504.02412). Thesis arXiv:2510.25282, ch. 6b.
     """
     s, lip = check_positive_float("sigma", sigma), _lipschitz(lipschitz, allow_inf=False)
     pa = check_probabilities("p", p)
@@ -182,7 +182,7 @@ def local_lipschitz(p: object, *, sigma: float, lipschitz: object) -> np.ndarray
         ``L_loc`` of the broadcast shape.
 
     References:
-        Delattre et al., AISTATS 2025. Thesis ch. 6b.
+        Delattre et al., AISTATS 2025 (arXiv 2504.02412). Thesis arXiv:2510.25282, ch. 6b.
     """
     s, lip = check_positive_float("sigma", sigma), _lipschitz(lipschitz, allow_inf=True)
     pa = check_probabilities("p", p)
@@ -243,7 +243,7 @@ def radius_mono_lip(p_a: object, *, sigma: float, lipschitz: object, method: Lip
 
     References:
         Delattre, Caillon, Barthélemy, Fagnou & Allauzen, "Bridging the theoretical gap in randomized
-        smoothing", AISTATS 2025. Thesis ch. 6b.
+        smoothing", AISTATS 2025 (arXiv 2504.02412). Thesis arXiv:2510.25282, ch. 6b.
     """
     s, lip = check_positive_float("sigma", sigma), _lipschitz(lipschitz, allow_inf=True)
     check_choice("method", method, _LIP_METHODS)
@@ -271,7 +271,7 @@ def radius_multi_lip(
         Radius of the broadcast shape; abstain when ``<= 0``.
 
     References:
-        Delattre et al., AISTATS 2025. Thesis ch. 6b.
+        Delattre et al., AISTATS 2025 (arXiv 2504.02412). Thesis arXiv:2510.25282, ch. 6b.
     """
     s, lip = check_positive_float("sigma", sigma), _lipschitz(lipschitz, allow_inf=True)
     check_choice("method", method, _LIP_METHODS)
@@ -323,9 +323,9 @@ def smoothed_lipschitz_bound(
         0.68269
 
     References:
-        Delattre, Araujo, Barthélemy & Allauzen, ICLR 2024 (LVM-RS), and its official code (the ``"official"``
-        constant). Salman et al., NeurIPS 2019 (arXiv 1906.04584), Lemma 1. Thesis (arXiv:2510.25282) ch. 6: the
-        published constant is the looser one; the proof above gives the tight one.
+        Delattre, Araujo, Barthélemy & Allauzen, ICLR 2024 (LVM-RS, arXiv 2309.16883), and its official code
+        (the ``"official"`` constant). Salman et al., NeurIPS 2019 (arXiv 1906.04584), Lemma 1. Thesis
+        arXiv:2510.25282, ch. 6: the published constant is the looser one; the proof above gives the tight one.
     """
     check_choice("constant", constant, _CONSTANTS)
     r, s = check_positive_float("output_range", output_range), check_positive_float("sigma", sigma)

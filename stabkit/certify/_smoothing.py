@@ -168,7 +168,7 @@ class Smooth:
 
     References:
         Cohen, Rosenfeld, Kolter, "Certified Adversarial Robustness via Randomized Smoothing", ICML 2019
-        (arXiv 1902.02918); thesis chapter 6.
+        (arXiv 1902.02918); thesis arXiv:2510.25282, ch. 6.
     """
 
     ABSTAIN = ABSTAIN
@@ -374,7 +374,8 @@ class Smooth:
             x: ``(B, *input_shape)``; every field of the result: ``(B,)``.
 
         References:
-            Cohen, Rosenfeld, Kolter, ICML 2019 (arXiv 1902.02918), Theorem 1 and CERTIFY; thesis chapter 6.
+            Cohen, Rosenfeld, Kolter, ICML 2019 (arXiv 1902.02918), Theorem 1 and CERTIFY; thesis
+            arXiv:2510.25282, ch. 6.
         """
         alpha = check_probability("alpha", alpha)
         n0 = check_positive_int("n0", n0)
@@ -413,7 +414,7 @@ def certify_from_log(log: SmoothingLog, *, alpha: float = DEFAULT_ALPHA, method:
 
     References:
         Cohen et al., ICML 2019; Delattre, Caillon, Barthélemy, Fagnou, Allauzen, "Bridging the Theoretical
-        Gap in Randomized Smoothing", AISTATS 2025 (arXiv 2504.02412); thesis chapter 6.
+        Gap in Randomized Smoothing", AISTATS 2025 (arXiv 2504.02412); thesis arXiv:2510.25282, ch. 6.
     """
     alpha = check_probability("alpha", alpha)
     check_choice("method", method, METHODS)

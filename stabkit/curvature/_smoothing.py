@@ -75,7 +75,7 @@ def smoothed_loss(
 
     References:
         Delattre et al., "Activation Decay by Loss Smoothing to Enhance Generalization", ICLR 2025 submission
-        (OpenReview InRaT76E2S; no public code, method reconstructed). Thesis chapter 5.
+        (OpenReview InRaT76E2S; no public code, method reconstructed). Thesis arXiv:2510.25282, ch. 5.
     """
     check_functional_model(model)
     check_positive_float("sigma", sigma)
@@ -138,7 +138,7 @@ def second_order_smoothed_loss(
         :class:`SecondOrderSmoothedLoss`; ``value`` has standard error ``σ²/2 · trace_stderr``.
 
     References:
-        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis chapter 5.
+        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis arXiv:2510.25282, ch. 5.
     """
     check_positive_float("sigma", sigma)
     H = HessianOperator(model, data, params=params, loss_fn=loss_fn)
@@ -164,7 +164,7 @@ def last_layer_hessian_bound(features: torch.Tensor, *, bias: bool = False) -> f
         The bound (an upper bound on the true top eigenvalue, for every ``W`` and labels).
 
     References:
-        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis chapter 5.
+        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis arXiv:2510.25282, ch. 5.
 
     Raises:
         ValueError: ``features`` not a finite ``(B, d)`` tensor with ``B >= 1``.
@@ -217,7 +217,7 @@ def last_layer_smoothing(
         :class:`LastLayerSmoothing`; ``bound`` is an upper bound on the exact smoothed loss.
 
     References:
-        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis chapter 5.
+        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis arXiv:2510.25282, ch. 5.
     """
     check_tensor("weight", weight, ndim=2)
     check_tensor("features", features, ndim=2)
@@ -251,7 +251,7 @@ def weierstrass_hessian_bound(lipschitz: float, *, sigma: float) -> float:
     Tight in one dimension: ``L(θ) = G|θ|`` has ``L_σ''(0) = 2Gφ(0)/σ = G√(2/π)/σ``.
 
     References:
-        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis chapter 5.
+        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis arXiv:2510.25282, ch. 5.
     """
     check_positive_float("lipschitz", lipschitz, allow_zero=True)
     check_positive_float("sigma", sigma)
