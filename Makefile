@@ -11,13 +11,14 @@ STAMP := $(VENV)/.installed
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 LINT_PATHS := stabkit tests benchmarks notebooks conftest.py
 
-.PHONY: help install reproduce test lint notebooks lab clean
+.PHONY: help install reproduce test lint notebooks lab docs clean
 
 help:
 	@echo "make reproduce [SCALE=ci|full] [DEVICE=cpu|cuda] [ONLY='id ...']  regenerate figures/"
 	@echo "make test        lint, unit tests and notebooks under nbval (what CI runs)"
 	@echo "make notebooks   rerun the ci scale and store the outputs in notebooks/"
 	@echo "make lab         JupyterLab on the notebooks"
+	@echo "make docs        the documentation site in build/site (API, notebooks with their stored outputs)"
 	@echo "make clean       remove build outputs and caches (keeps .venv and figures/)"
 
 # torch is pinned in the same pip command as the project, so pip never resolves a bare `torch` to a CUDA build.
@@ -25,7 +26,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" -e ".[test]"
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" -e ".[test,data,notebooks]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -46,6 +47,11 @@ notebooks: $(STAMP)
 lab: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[lab]"
 	$(VENV)/bin/jupyter lab notebooks/
+
+# the site renders the notebooks' stored outputs (never executes them) and fails on any warning
+docs: $(STAMP)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" -e ".[docs]"
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
