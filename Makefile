@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" -e ".[test,data,notebooks]"
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" -e ".[test,data,notebooks,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 test: lint
-	$(PY) -m pytest $(NBVAL) --durations=15 stabkit tests notebooks
+	$(PY) -m pytest $(NBVAL) --durations=15 stabkit tests notebooks docs/tutorial.ipynb
 
 notebooks: $(STAMP)
 	$(PY) -m stabkit.reproduce --store-outputs

@@ -36,13 +36,13 @@ def test_environment_yml_agrees_with_pyproject():
         if _name(req) != "torch":  # torch is pinned in both set-ups, and stated as a range in pyproject
             assert by_name[_name(req)].replace(" ", "") == req.replace(" ", ""), req
     assert by_name["torch"] == "torch==2.13.0"
-    assert '-e ".[test,data,notebooks,lab]"' in pip
+    assert '-e ".[test,data,notebooks,lab,docs]"' in pip
 
 
 def test_makefile_pins_torch_in_the_same_pip_command_as_the_project():
     makefile = (ROOT / "Makefile").read_text()
     assert "TORCH_SPEC ?= torch==2.13.0" in makefile
-    assert re.search(r'pip install[^\n]*"\$\(TORCH_SPEC\)"[^\n]*-e "\.\[test,data,notebooks\]"', makefile)
+    assert re.search(r'pip install[^\n]*"\$\(TORCH_SPEC\)"[^\n]*-e "\.\[test,data,notebooks,docs\]"', makefile)
 
 
 def test_one_version():

@@ -158,7 +158,7 @@ def clopper_pearson(k: object, n: object, *, alpha: float, sided: Sided = "two")
 
     Raises:
         ValueError: non-integer or negative counts, ``k > n``, ``n < 1``, ``alpha`` outside (0, 1), bad
-        ``sided``.
+            ``sided``.
 
     Example:
         >>> round(clopper_pearson(99_000, 100_000, alpha=0.001, sided="lower").low, 6)
