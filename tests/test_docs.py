@@ -49,3 +49,16 @@ def test_tutorial_uses_only_public_api_and_has_stored_outputs():
     sources = "\n".join(src for src, _ in code)
     assert "stabkit." in sources and not re.search(r"stabkit[\w.]*\._", sources)  # no private module
     assert any(o.get("output_type") == "display_data" for _, outputs in code for o in outputs)  # the figure
+
+
+def _quick_start(text: str) -> str:
+    return re.search(r"```python\n(.*?)```", text, flags=re.DOTALL).group(1)
+
+
+def test_readme_quick_start_runs_and_the_site_shows_the_same_lines():
+    readme = (ROOT / "README.md").read_text()
+    code = _quick_start(readme.split("## Use the library in your own code", 1)[1])
+    assert code == _quick_start((ROOT / "docs" / "index.md").read_text())
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("tensor(") == 2

@@ -52,6 +52,7 @@ def test_one_version():
     citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
     assert citation["version"] == stabkit.__version__
     assert f"## [{stabkit.__version__}]" in (ROOT / "CHANGELOG.md").read_text()
+    assert f"version = {{{stabkit.__version__}}}" in (ROOT / "README.md").read_text()  # the BibTeX entry
     assert (ROOT / "stabkit" / "py.typed").exists()
 
 
