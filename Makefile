@@ -9,7 +9,7 @@ ONLY ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
-LINT_PATHS := stabkit tests benchmarks notebooks conftest.py
+LINT_PATHS := stabkit tests benchmarks notebooks docs conftest.py
 
 .PHONY: help install reproduce test lint notebooks lab docs clean
 
