@@ -197,3 +197,79 @@ def test_outside_a_checkout_it_says_so_in_one_line(tmp_path, monkeypatch, capsys
     assert reproduce.main(["--list"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs the stabkit repository checkout" in err
+
+
+CLAIMS = (
+    GOOD
+    + """
+ctx.claim("tiny-table", "n | the preset size is 3", ctx.preset.n, published=3.0)
+ctx.claim("tiny-table", "above one", 0.8, interval=(0.5, 1.2), uncertainty="min-max over 3 seeds", expect=">",
+          threshold=1.0)
+ctx.save_claims()"""
+)
+
+
+def test_report_has_the_claims_escaped_and_the_provenance(scratch):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", CLAIMS)
+    assert reproduce.main([]) == 0
+    report = (scratch / "figures" / "ci" / "REPORT.md").read_text()
+    assert report.startswith("# Reproduction report: `ci` scale")
+    assert "## Chapter 0" in report and "### `tiny-table`" in report and "[tiny-table.csv](tiny-table.csv)" in report
+    assert "| n \\| the preset size is 3 | 3 | 3 | deterministic | reproduced (" in report
+    assert (
+        "| above one | — | 0.8 [0.5, 1.2] (claim: > 1) | min-max over 3 seeds | not significant at this scale" in report
+    )
+    assert "Claims: 1 not significant at this scale, 1 reproduced." in report
+    assert "Provenance: 00_tiny at commit" in report and "numpy " in report
+    # the claims also leave the notebook as data
+    claims = (scratch / "figures" / "ci" / "00_tiny.claims.csv").read_text()
+    assert claims.splitlines()[0].startswith("entry,statement,published,value,low,high")
+
+
+def test_check_passes_on_a_rerun_and_fails_when_a_number_leaves_its_tolerance(scratch, capsys):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD)
+    assert reproduce.main([]) == 0
+    capsys.readouterr()
+    assert reproduce.main(["--check"]) == 0
+    assert "2 identical, 0 moved within tolerance, 0 out of tolerance" in capsys.readouterr().out
+    assert (scratch / "build" / "ci" / "check" / "tiny-table.csv").exists()  # the fresh run is not a reference
+    ref = scratch / "figures" / "ci" / "tiny-table.csv"
+    ref.write_text("n,seed\n3.000001,0\n")  # within the default tolerance (rtol 1e-6)
+    assert reproduce.main(["--check", "--from", str(scratch / "build" / "ci" / "check")]) == 0
+    assert "moved within tolerance" in capsys.readouterr().out
+    ref.write_text("n,seed\n3.1,0\n")
+    assert reproduce.main(["--check", "--from", str(scratch / "build" / "ci" / "check")]) == 1
+    out = capsys.readouterr().out
+    assert "OUT OF TOLERANCE" in out and "tiny-table.csv" in out and "0.1" in out
+    # a per-entry tolerance in the manifest lets it pass
+    manifest = scratch / "manifest.yaml"
+    manifest.write_text(manifest.read_text() + "    tolerance: {kind: statistical, columns: {n: {rtol: 0.05}}}\n")
+    assert reproduce.main(["--check", "--from", str(scratch / "build" / "ci" / "check")]) == 0
+    ref.write_text("n,other\n3,0\n")
+    assert reproduce.main(["--check", "--from", str(scratch / "build" / "ci" / "check")]) == 1
+    assert "other columns" in capsys.readouterr().out
+
+
+def test_spread_prints_the_moves_and_a_suggested_tolerance(scratch, capsys, tmp_path):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD)
+    assert reproduce.main([]) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tiny-table.csv").write_text("n,seed\n3.003,0\n")
+    capsys.readouterr()
+    assert reproduce.main(["--spread", str(other)]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-table.csv" in out and "0.001" in out and "tiny-table: tolerance: {rtol: 0.01}" in out
+
+
+def test_check_needs_references(scratch, capsys):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD)
+    assert reproduce.main(["--check", "--from", str(scratch)]) == 1
+    assert "no reference outputs" in capsys.readouterr().err
+
+
+def test_markdown_table_escapes_pipes(monkeypatch):
+    monkeypatch.setenv("STABKIT_ROOT", str(ROOT))
+    for line in reproduce.manifest_markdown().splitlines():
+        unescaped = line.replace("\\|", "").count("|")
+        assert unescaped == 10, line  # 9 columns
