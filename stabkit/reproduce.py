@@ -11,7 +11,8 @@ Examples::
     python -m stabkit.reproduce                      # every entry at the ci scale
     python -m stabkit.reproduce --only gi-overflow   # one figure (its notebook runs whole)
     python -m stabkit.reproduce --scale full --device cuda
-    python -m stabkit.reproduce --only cpl-sll-aol-table -p dataset=mnist
+    python -m stabkit.reproduce --only cpl-sll-aol-table -p dataset=mnist -p download=true
+    python -m stabkit.reproduce --check              # a fresh ci run against figures/ci/, within tolerances
 """
 
 from __future__ import annotations
@@ -229,6 +230,10 @@ def reproduce(
                 f"-p {key}=... is not allowed: use --{key.replace('_', '-')} (the outputs are filed by it)"
             )
 
+    download = extra.pop("download", False) if "download" in extra else False
+    if not isinstance(download, bool):
+        raise ReproductionError(f"-p download must be true or false, got {download!r}")
+
     import papermill as pm
 
     root = repo_root()
@@ -250,6 +255,8 @@ def reproduce(
                 )
             for k in undeclared:  # a standard parameter the notebook does not use
                 params.pop(k)
+        if "dataset" in params:
+            _ensure_data(nb, params["dataset"], root / params.get("data_root", data_root), download, scale, root)
         executed = build / f"{nb}.ipynb"
         print(f"[{i}/{len(notebooks)}] {nb} ({scale}) ...", file=sys.stderr, flush=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{nb}-", dir=root / "build"))
@@ -257,6 +264,8 @@ def reproduce(
         os.environ["STABKIT_FIGURES_DIR"] = str(tmp)
         if progress:
             os.environ["STABKIT_PROGRESS"] = "1"
+        if download:
+            os.environ["STABKIT_DOWNLOAD"] = "1"  # the notebook's preset key `download` (see support.setup)
         start = time.perf_counter()
         try:
             try:
@@ -299,6 +308,27 @@ def reproduce(
         results.append({"notebook": nb, "ids": ids, "files": len(files), "where": where, "seconds": seconds})
         print(f"      done in {seconds:.1f} s", file=sys.stderr, flush=True)
     return results
+
+
+def _ensure_data(nb: str, dataset: str, data_root: Path, download: bool, scale: str, root: Path) -> None:
+    """Fetch the data set first when asked (progress bar, hash checks), or stop before the run when its files are
+    missing and the notebook would not download them (below the full scale, presets do not)."""
+    from stabkit import data
+
+    missing = data.missing_files(dataset, data_root) if dataset in data.DATASETS else []
+    if not missing:
+        return
+    if download:
+        try:
+            data.fetch([dataset], root=data_root)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ReproductionError(f"could not fetch {dataset} for {nb}: {exc}") from None
+    elif scale != "full":
+        where = data_root.relative_to(root) if data_root.is_relative_to(root) else data_root
+        raise ReproductionError(
+            f"notebook {nb} needs {dataset}, whose files are not in {where}/ ({len(missing)} missing). Add "
+            f"-p download=true, or run `python -m stabkit.data fetch {dataset} --root {where}` first."
+        )
 
 
 def _move_into(files: list[Path], out_dir: Path, root: Path) -> None:
@@ -589,20 +619,27 @@ def check_table(diffs: list[Difference]) -> str:
 
 
 def spread_table(dirs: list[Path], *, scale: str = "ci", only: list[str] | None = None) -> str:
-    """The largest difference of every moved column between the references and each folder in ``dirs``, with a
-    suggested manifest tolerance per entry (rtol: the next power of ten above twice the largest relative move)."""
+    """The largest difference of every moved column between runs, with a suggested manifest tolerance per entry
+    (rtol: the next power of ten above twice the largest relative move).
+
+    One folder is compared with the references ``figures/<scale>/``; several folders (runs on other machines,
+    thread counts or CPU code paths) are compared with each other, pair by pair.
+    """
     import math
 
+    pairs = [(d, reference_dir(scale)) for d in dirs] if len(dirs) == 1 else [
+        (a, b) for i, a in enumerate(dirs) for b in dirs[i + 1 :]
+    ]  # fmt: skip
     worst: dict[tuple[str, str, str], tuple[float, float]] = {}
-    for d in dirs:
-        for diff in compare_outputs(d, reference_dir(scale), scale=scale, only=only, exact=True):
-            if diff.max_abs == 0 and not diff.note:
+    for new, ref in pairs:
+        for diff in compare_outputs(new, ref, scale=scale, only=only, exact=True):
+            if (diff.max_abs == 0 and not diff.note) or diff.note.startswith("missing"):
                 continue
             key = (diff.entry, diff.file, diff.column)
             a, r = worst.get(key, (0.0, 0.0))
             worst[key] = (max(a, _nz(diff.max_abs)), max(r, _nz(diff.max_rel)))
     if not worst:
-        return f"no output moved between the references and {', '.join(map(str, dirs))}"
+        return f"no output moved between {' and '.join(str(a) + ' / ' + str(b) for a, b in pairs)}"
     rows = [("entry", "file", "column", "max |Δ|", "max rel")]
     per_entry: dict[str, float] = {}
     for (entry, file, col), (a, r) in sorted(worst.items()):
@@ -628,6 +665,8 @@ def _parse_param(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ReproductionError(f"parameter {text!r} is not of the form KEY=VALUE")
+    if value.lower() in ("true", "false"):  # -p download=true, as on a command line
+        return key, value.lower() == "true"
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):

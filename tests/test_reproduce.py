@@ -273,3 +273,42 @@ def test_markdown_table_escapes_pipes(monkeypatch):
     for line in reproduce.manifest_markdown().splitlines():
         unescaped = line.replace("\\|", "").count("|")
         assert unescaped == 10, line  # 9 columns
+
+
+DATA_PARAMS = PARAMS + '\ndataset = "digits"  # data'
+DATA_SETUP = SETUP.replace('{"n": 3}', '{"n": 3, "download": False}').replace(
+    "data_root=data_root)", "data_root=data_root, dataset=dataset)"
+)
+DATA_BODY = 'ctx.save_table(pd.DataFrame({"download": [ctx.preset.download]}), "tiny-table")'
+
+
+def write_data_notebook(path: Path) -> None:
+    write_notebook(path, DATA_BODY)
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[0].source, nb.cells[1].source = DATA_PARAMS, DATA_SETUP
+    nbformat.write(nb, path)
+
+
+def test_missing_data_stops_before_the_run_and_download_true_fetches_first(scratch, capsys, monkeypatch):
+    from stabkit import data
+
+    write_data_notebook(scratch / "notebooks" / "00_tiny.ipynb")
+    assert reproduce.main(["-p", "dataset=mnist-test"]) == 1
+    err = capsys.readouterr().err
+    assert "needs mnist-test, whose files are not in data/ (2 missing)" in err and "-p download=true" in err
+    assert "00_tiny (ci) ..." not in err  # stopped before running anything
+    fetched = []
+
+    def fake_fetch(names, *, root, progress=True):  # what a download does, without the network
+        fetched.append((tuple(names), Path(root)))
+        (Path(root) / "mnist").mkdir(parents=True, exist_ok=True)
+        for f in data.MNIST_FILES:
+            (Path(root) / "mnist" / f).write_bytes(b"")
+
+    monkeypatch.setattr(data, "fetch", fake_fetch)
+    assert reproduce.main(["-p", "dataset=mnist-test", "-p", "download=true"]) == 0
+    assert fetched == [(("mnist-test",), scratch / "data")]
+    # the notebook's preset key `download` is switched on for the run
+    assert (scratch / "figures" / "ci" / "tiny-table.csv").read_text() == "download\nTrue\n"
+    assert reproduce.main(["-p", "download=maybe"]) == 1
+    assert "-p download must be true or false" in capsys.readouterr().err
