@@ -1,5 +1,6 @@
 """The reproduction CLI, on a scratch repository with tiny notebooks (so it runs in seconds)."""
 
+import base64
 import errno
 import json
 import os
@@ -312,3 +313,23 @@ def test_missing_data_stops_before_the_run_and_download_true_fetches_first(scrat
     assert (scratch / "figures" / "ci" / "tiny-table.csv").read_text() == "download\nTrue\n"
     assert reproduce.main(["-p", "download=maybe"]) == 1
     assert "-p download must be true or false" in capsys.readouterr().err
+
+
+FIGURE = (
+    GOOD
+    + """
+fig, ax = support.figure()
+ax.plot([0, 1], [1, 0])
+ctx.save_figure(fig, "tiny-table")"""
+)
+
+
+def test_stored_notebooks_show_the_saved_figure_inline(scratch):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", FIGURE)
+    assert reproduce.main(["--store-outputs"]) == 0
+    nb = json.loads((scratch / "notebooks" / "00_tiny.ipynb").read_text())
+    images = [
+        o["data"]["image/png"] for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+    ]
+    png = (scratch / "figures" / "ci" / "tiny-table.png").read_bytes()
+    assert len(images) == 1 and base64.b64decode(images[0]) == png  # exactly the file on disk
