@@ -571,30 +571,33 @@ def compare_outputs(
                 if col in tol.ignore:
                     continue
                 rtol, atol = (0.0, 0.0) if exact else tol.columns.get(col, (tol.rtol, tol.atol))
-                text = f"rtol {rtol:g}, atol {atol:g}" + (f" ({tol.kind})" if tol.kind != "deterministic" else "")
+                fraction = 0.0 if exact else tol.fraction
+                text = f"rtol {rtol:g}, atol {atol:g}" + (f", {fraction:.0%} of cells" if fraction else "")
                 a, b = new[col], ref[col]
                 if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
                     a, b = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
-                    same_special = np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(
-                        a[np.isinf(a) | np.isinf(b)], b[np.isinf(a) | np.isinf(b)]
-                    )
-                    fin = np.isfinite(a) & np.isfinite(b)
+                    special = ~(np.isfinite(a) & np.isfinite(b))
+                    bad_special = special & ~((np.isnan(a) & np.isnan(b)) | (a == b))
+                    fin = ~special
                     d, r = np.abs(a[fin] - b[fin]), np.abs(b[fin])
                     max_abs = float(d.max()) if d.size else 0.0
                     rel = d[r > 0] / r[r > 0]
                     max_rel = float(rel.max()) if rel.size else 0.0
-                    bound = atol + rtol * r
                     with np.errstate(divide="ignore", invalid="ignore"):
-                        ratio = np.where(d > 0, d / bound, 0.0)
+                        ratio = np.where(d > 0, d / (atol + rtol * r), 0.0)
                     used = float(ratio.max()) if ratio.size else 0.0
-                    ok = same_special and used <= 1.0
-                    note = "" if same_special else "NaN/inf in other places"
+                    n_out = int((ratio > 1).sum() + bad_special.sum())
+                    note = f"{int(bad_special.sum())} NaN/inf in other places" if bad_special.any() else ""
                 else:
                     a_text = np.array(["" if pd.isna(x) else str(x) for x in a], dtype=object)
                     b_text = np.array(["" if pd.isna(x) else str(x) for x in b], dtype=object)
-                    differ = int((a_text != b_text).sum())
-                    max_abs, max_rel, used, ok = float(differ), np.nan, (np.inf if differ else 0.0), differ == 0
-                    text, note = "equal text", (f"{differ} cells differ" if differ else "")
+                    n_out = int((a_text != b_text).sum())
+                    max_abs, max_rel, used = float(n_out), np.nan, (np.inf if n_out else 0.0)
+                    text = "equal text" + (f", {fraction:.0%} of cells" if fraction else "")
+                    note = f"{n_out} cells differ" if n_out else ""
+                ok = n_out <= fraction * len(ref)
+                if n_out and ok and fraction:
+                    note = (note + "; " if note else "") + f"{n_out}/{len(ref)} cells outside, allowed"
                 diffs.append(Difference(e.id, file, str(col), max_abs, max_rel, used, text, ok, note))
     return diffs
 

@@ -333,3 +333,29 @@ def test_stored_notebooks_show_the_saved_figure_inline(scratch):
     ]
     png = (scratch / "figures" / "ci" / "tiny-table.png").read_bytes()
     assert len(images) == 1 and base64.b64decode(images[0]) == png  # exactly the file on disk
+
+
+def test_a_statistical_tolerance_allows_a_share_of_flipped_cells(scratch):
+    manifest = scratch / "manifest.yaml"
+    manifest.write_text(manifest.read_text() + "    tolerance: {kind: statistical, rtol: 0.01, fraction: 0.1}\n")
+    ref, new = scratch / "figures" / "ci", scratch / "new"
+    ref.mkdir(parents=True)
+    new.mkdir()
+    rows = [(i, f"{i}.0", "True") for i in range(10)]
+    (ref / "tiny-table.csv").write_text("i,radius,correct\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+
+    def write(flips, nan=False):
+        out = [
+            (a, "0.0" if 0 < k <= flips else b, "False" if 0 < k <= flips else c) for k, (a, b, c) in enumerate(rows)
+        ]
+        if nan:
+            out[5] = (5, "nan", "True")
+        (new / "tiny-table.csv").write_text("i,radius,correct\n" + "".join(f"{a},{b},{c}\n" for a, b, c in out))
+        return {d.column: d for d in reproduce.compare_outputs(new, ref)}
+
+    assert all(d.ok for d in write(0).values())
+    one = write(1)  # one of ten examples flips: within 10 %
+    assert one["radius"].ok and one["correct"].ok and "1/10 cells outside, allowed" in one["correct"].note
+    two = write(2)
+    assert not two["radius"].ok and not two["correct"].ok
+    assert not write(1, nan=True)["radius"].ok  # a NaN where the reference has a number counts as a flip
