@@ -599,6 +599,47 @@ def compare_outputs(
                 if n_out and ok and fraction:
                     note = (note + "; " if note else "") + f"{n_out}/{len(ref)} cells outside, allowed"
                 diffs.append(Difference(e.id, file, str(col), max_abs, max_rel, used, text, ok, note))
+    diffs += _compare_claims(new_dir, ref_dir, manifest, only=only, exact=exact)
+    return diffs
+
+
+def _compare_claims(new_dir: Path, ref_dir: Path, manifest: dict, *, only, exact: bool) -> list[Difference]:
+    """Our value of every claim of a non-timed entry, within the entry's tolerance; a changed verdict is noted."""
+    import numpy as np
+    import pandas as pd
+
+    diffs = []
+    for nb in sorted({e.notebook for e in manifest.values() if not only or e.id in only}):
+        ref_path, new_path = ref_dir / f"{nb}.claims.csv", new_dir / f"{nb}.claims.csv"
+        if not ref_path.exists():
+            continue  # claims not committed yet for this notebook
+        if not new_path.exists():
+            diffs.append(
+                Difference(nb, ref_path.name, "", np.nan, np.nan, np.inf, "", False, "missing in the fresh run")
+            )
+            continue
+        ref, new = (pd.read_csv(p).set_index(["entry", "statement"]) for p in (ref_path, new_path))
+        for (entry, statement), r in ref.iterrows():
+            e = manifest.get(entry)
+            if e is None or e.timed or (only and entry not in only):
+                continue
+            label = f"claim: {statement[:40]}"
+            if (entry, statement) not in new.index:
+                diffs.append(
+                    Difference(entry, ref_path.name, label, np.nan, np.nan, np.inf, "", False, "claim missing")
+                )
+                continue
+            n = new.loc[(entry, statement)]
+            tol = e.tolerance
+            rtol, atol = (0.0, 0.0) if exact else (tol.rtol, tol.atol)
+            d = abs(float(n["value"]) - float(r["value"]))
+            ref_v = abs(float(r["value"]))
+            used = d / (atol + rtol * ref_v) if d > 0 else 0.0
+            note = f"verdict {r['verdict']} → {n['verdict']}" if n["verdict"] != r["verdict"] else ""
+            diffs.append(
+                Difference(entry, ref_path.name, label, d, d / ref_v if ref_v else 0.0, used,
+                           f"rtol {rtol:g}, atol {atol:g}", used <= 1.0, note)
+            )  # fmt: skip
     return diffs
 
 

@@ -4,6 +4,7 @@ import base64
 import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -359,3 +360,18 @@ def test_a_statistical_tolerance_allows_a_share_of_flipped_cells(scratch):
     two = write(2)
     assert not two["radius"].ok and not two["correct"].ok
     assert not write(1, nan=True)["radius"].ok  # a NaN where the reference has a number counts as a flip
+
+
+def test_check_compares_claim_values_and_notes_changed_verdicts(scratch, capsys):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", CLAIMS)
+    assert reproduce.main([]) == 0
+    fresh = scratch / "fresh"
+    fresh.mkdir()
+    for p in (scratch / "figures" / "ci").glob("*.csv"):
+        shutil.copy(p, fresh / p.name)
+    claims = fresh / "00_tiny.claims.csv"
+    claims.write_text(claims.read_text().replace(",0.8,", ",0.9,").replace("not significant at this scale", "x"))
+    capsys.readouterr()
+    assert reproduce.main(["--check", "--from", str(fresh)]) == 1
+    out = capsys.readouterr().out
+    assert "claim: above one" in out and "OUT OF TOLERANCE (verdict not significant at this scale → x)" in out
