@@ -44,7 +44,8 @@ class ReproductionError(RuntimeError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stabkit.reproduce", description=__doc__.split("\n\n")[0])
+    summary = __doc__.split("\n\n")[0].replace("``", "`")
+    parser = argparse.ArgumentParser(prog="python -m stabkit.reproduce", description=summary)
     parser.add_argument("--scale", default="ci", help=f"one of {', '.join(SCALES)} (default: ci)")
     parser.add_argument("--only", nargs="+", metavar="ID", help="manifest ids to regenerate (default: all)")
     parser.add_argument("--list", action="store_true", help="print the manifest as a table and exit")
