@@ -887,10 +887,15 @@ def _set_style() -> None:
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt leaves neither a half file nor the temporary one
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _git_state() -> tuple[str | None, bool | None]:
