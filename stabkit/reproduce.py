@@ -665,12 +665,11 @@ def check_table(diffs: list[Difference]) -> str:
 
 def spread_table(dirs: list[Path], *, scale: str = "ci", only: list[str] | None = None) -> str:
     """The largest difference of every moved column between runs, with a suggested manifest tolerance per entry
-    (rtol: the next power of ten above twice the largest relative move).
+    (per-column atol: twice the largest move, rounded up).
 
     One folder is compared with the references ``figures/<scale>/``; several folders (runs on other machines,
     thread counts or CPU code paths) are compared with each other, pair by pair.
     """
-    import math
 
     pairs = [(d, reference_dir(scale)) for d in dirs] if len(dirs) == 1 else [
         (a, b) for i, a in enumerate(dirs) for b in dirs[i + 1 :]
@@ -686,15 +685,33 @@ def spread_table(dirs: list[Path], *, scale: str = "ci", only: list[str] | None 
     if not worst:
         return f"no output moved between {' and '.join(str(a) + ' / ' + str(b) for a, b in pairs)}"
     rows = [("entry", "file", "column", "max |Δ|", "max rel")]
-    per_entry: dict[str, float] = {}
+    per_entry: dict[str, dict[str, float]] = {}
     for (entry, file, col), (a, r) in sorted(worst.items()):
         rows.append((entry, file, col, _num(a), _num(r)))
-        per_entry[entry] = max(per_entry.get(entry, 0.0), r)
-    lines = [_format_rows(rows), "", "suggested tolerances (manifest.yaml, per entry):"]
-    for entry, r in per_entry.items():
-        rtol = 10 ** math.ceil(math.log10(2 * r)) if r > 0 else 1e-6
-        lines.append(f"  {entry}: tolerance: {{rtol: {rtol:g}}}")
+        per_entry.setdefault(entry, {})[col] = a
+    lines = [
+        _format_rows(rows),
+        "",
+        "suggested tolerances (manifest.yaml; atol = twice the largest move, rounded up to 1, 2 or 5 × 10^k; a column",
+        "whose text or flags changed needs `fraction`, the share of its cells allowed to differ):",
+    ]
+    for entry, cols in per_entry.items():
+        spec = ", ".join(f"{c}: {{atol: {_nice_up(2 * a):g}}}" for c, a in cols.items() if a > 0)
+        lines.append(f"  {entry}: tolerance: {{kind: statistical, columns: {{{spec}}}}}")
     return "\n".join(lines)
+
+
+def _nice_up(x: float) -> float:
+    """The smallest 1, 2 or 5 × 10^k at or above ``x``."""
+    import math
+
+    if x <= 0:
+        return 0.0
+    k = math.floor(math.log10(x))
+    for m in (1, 2, 5, 10):
+        if m * 10**k >= x * (1 - 1e-12):
+            return float(f"{m * 10**k:.1g}")
+    return 10.0 ** (k + 1)
 
 
 def _nz(x: float) -> float:

@@ -261,7 +261,9 @@ def test_spread_prints_the_moves_and_a_suggested_tolerance(scratch, capsys, tmp_
     capsys.readouterr()
     assert reproduce.main(["--spread", str(other)]) == 0
     out = capsys.readouterr().out
-    assert "tiny-table.csv" in out and "0.001" in out and "tiny-table: tolerance: {rtol: 0.01}" in out
+    assert "tiny-table.csv" in out and "0.001" in out
+    assert "tiny-table: tolerance: {kind: statistical, columns: {n: {atol: 0.01}}}" in out
+    assert [reproduce._nice_up(x) for x in (0.0031, 0.014, 1.0, 6e-7)] == [0.005, 0.02, 1.0, 1e-6]
 
 
 def test_check_needs_references(scratch, capsys):
