@@ -237,6 +237,23 @@ def reproduce(
 
     import papermill as pm
 
+    handler = None
+    if progress:  # log_output sends the notebooks' output to papermill's logger: show it on stderr
+        import logging
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("      %(message)s"))
+        logging.getLogger("papermill").addHandler(handler)
+        logging.getLogger("papermill").setLevel(logging.INFO)
+    try:
+        return _run(pm, notebooks, manifest, scale, seed, device, data_root, extra, download, store_outputs, dest,
+                    progress)  # fmt: skip
+    finally:
+        if handler is not None:
+            logging.getLogger("papermill").removeHandler(handler)
+
+
+def _run(pm, notebooks, manifest, scale, seed, device, data_root, extra, download, store_outputs, dest, progress):
     root = repo_root()
     nb_dir, out_dir = root / "notebooks", Path(dest) if dest is not None else reference_dir(scale)
     build = root / "build" / scale

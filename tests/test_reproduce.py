@@ -377,3 +377,12 @@ def test_check_compares_claim_values_and_notes_changed_verdicts(scratch, capsys)
     assert reproduce.main(["--check", "--from", str(fresh)]) == 1
     out = capsys.readouterr().out
     assert "claim: above one" in out and "OUT OF TOLERANCE (verdict not significant at this scale → x)" in out
+
+
+def test_progress_shows_cells_and_output_and_turns_library_bars_on(scratch, capsys):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD + '\nprint("progress", ctx.progress)')
+    assert reproduce.main(["--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "progress True" in err  # the notebook's output, streamed (log_output), with ctx.progress on
+    assert "Executing" in err  # papermill's cell progress bar
+    assert "STABKIT_PROGRESS" not in os.environ  # restored after the run
