@@ -5,8 +5,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from stabkit.certify._lvm_maps import lvm_map_radii
-from stabkit.certify.smoothing import Smooth, lvm_certify
+from stabkit.certify.smoothing import Smooth, lvm_certify, lvm_map_radii
 
 
 def _log(seed, *, classes=3, points=6, n=400, sigma=0.5):

@@ -20,6 +20,8 @@ from stabkit.certify._lvm import SELECTIONS as SELECTIONS
 from stabkit.certify._lvm import LVMCertificate as LVMCertificate
 from stabkit.certify._lvm import Selection as Selection
 from stabkit.certify._lvm import lvm_certify as lvm_certify
+from stabkit.certify._lvm_maps import MapRadii as MapRadii
+from stabkit.certify._lvm_maps import lvm_map_radii as lvm_map_radii
 from stabkit.certify._maps import MAP_KINDS as MAP_KINDS
 from stabkit.certify._maps import MAP_LIPSCHITZ as MAP_LIPSCHITZ
 from stabkit.certify._maps import TEMPERATURES as TEMPERATURES
@@ -39,6 +41,7 @@ __all__ = [
     "MAP_KINDS",
     "MAP_LIPSCHITZ",
     "MapKind",
+    "MapRadii",
     "SELECTIONS",
     "Selection",
     "Smooth",
@@ -49,6 +52,7 @@ __all__ = [
     "gaussian_augment",
     "load_log",
     "lvm_certify",
+    "lvm_map_radii",
     "save_log",
     "simplex_maps",
     "sparsemax",
