@@ -52,12 +52,12 @@ def input_jacobian_norms(model: nn.Module, x: torch.Tensor, *, batch_size: int =
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = dict(model.named_buffers())
 
-    def f(xi: torch.Tensor) -> torch.Tensor:  # one point (*D) -> (K,)
-        return functional_call(model, (params, buffers), (xi.unsqueeze(0),)).squeeze(0)
+    def f(xi: torch.Tensor) -> torch.Tensor:  # one point (*D) -> (K,), any output shape flattened
+        return functional_call(model, (params, buffers), (xi.unsqueeze(0),)).reshape(-1)
 
     jac = vmap(jacrev(f))
     norms = []
     for start in range(0, len(x), batch_size):
         j = jac(x[start : start + batch_size])  # (B, K, *D)
-        norms.append(torch.linalg.matrix_norm(j.flatten(2), ord=2))  # (B,)
+        norms.append(torch.linalg.matrix_norm(j.reshape(len(j), -1, x[0].numel()), ord=2))  # (B,)
     return torch.cat(norms)
