@@ -119,3 +119,14 @@ def test_bad_input_is_refused(kwargs, match):
     n = kwargs.pop("n")
     with pytest.raises(ValueError, match=match):
         empirical_margin_event_probability(probs, n, **kwargs)
+
+
+@pytest.mark.parametrize("space", ["probability", "phi_inverse"])
+def test_with_the_max_over_classes_the_event_ignores_alpha(space):
+    # Clopper–Pearson intervals contain their point estimate, so the certified margin is below the empirical
+    # one on every outcome but the tie "all draws on class 2" (probability 0.45^10) in probability space
+    expected = 1 - 0.45**10 if space == "probability" else 1.0
+    for alpha in (0.001, 0.05, 0.5):
+        for correction in ("bonferroni", "none"):
+            v = empirical_margin_event_probability(THESIS_P, 10, alpha=alpha, correction=correction, space=space)
+            assert v == pytest.approx(expected, abs=1e-12)
