@@ -1,9 +1,9 @@
 """Regenerate the thesis's figures and tables: ``python -m stabkit.reproduce`` (what ``make reproduce`` runs).
 
 Each selected manifest entry's notebook is executed once with papermill; the executed copy is kept under
-``build/<scale>/``. A notebook writes into a temporary folder, and its files are moved into ``figures/`` only when
-it succeeds, so a failed run never destroys earlier outputs. The run ends with a table of what was regenerated,
-where, and how long each notebook took.
+``build/<scale>/``. A notebook writes into a temporary folder, and its files are moved into the tracked references
+``figures/<scale>/`` only when it succeeds, so a failed run never destroys earlier outputs. The run ends with a table
+of what was regenerated, where, and how long each notebook took.
 
 Examples::
 
@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from stabkit.support import SCALES, load_manifest, repo_root
+from stabkit.support import SCALES, load_manifest, reference_dir, repo_root
 
 # papermill adds these; they change every run and would make the stored notebooks noisy.
 _VOLATILE_METADATA = ("papermill", "execution")
+# parameters the CLI sets itself (its own options), and environment variables a run sets for its kernels
+_STANDARD_PARAMS = ("scale", "seed", "device", "data_root")
+_ENV_KEYS = ("STABKIT_FIGURES_DIR",)
 
 
 class ReproductionError(RuntimeError):
@@ -54,6 +59,19 @@ def main(argv: list[str] | None = None) -> int:
         help="copy the executed notebooks (ci scale, default parameters) back into notebooks/",
     )
     args = parser.parse_args(argv)
+    try:  # SIGTERM unwinds like Ctrl-C, so temporary folders are removed (only possible in the main thread)
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:
+        previous = None
+    try:
+        repo_root()
+    except FileNotFoundError:
+        print(
+            "error: python -m stabkit.reproduce needs the stabkit repository checkout (notebooks/, manifest.yaml): "
+            "run it inside a clone, or set STABKIT_ROOT to one",
+            file=sys.stderr,
+        )
+        return 1
     try:
         if args.list:
             print(manifest_markdown() if args.markdown else manifest_table())
@@ -71,8 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     except ReproductionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: previous figures are untouched", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(results_table(results))
     return 0
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 def manifest_table() -> str:
@@ -134,10 +162,16 @@ def reproduce(
     selected = [manifest[i] for i in (only or manifest)]
     notebooks = sorted({e.notebook for e in selected})  # NN_topic names: chapter order
 
+    for key in _STANDARD_PARAMS:
+        if key in extra:
+            raise ReproductionError(
+                f"-p {key}=... is not allowed: use --{key.replace('_', '-')} (the outputs are filed by it)"
+            )
+
     import papermill as pm
 
     root = repo_root()
-    nb_dir, out_dir = root / "notebooks", root / "figures"
+    nb_dir, out_dir = root / "notebooks", reference_dir(scale)
     build = root / "build" / scale
     build.mkdir(parents=True, exist_ok=True)
     results = []
@@ -158,50 +192,81 @@ def reproduce(
         executed = build / f"{nb}.ipynb"
         print(f"[{i}/{len(notebooks)}] {nb} ({scale}) ...", file=sys.stderr, flush=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{nb}-", dir=root / "build"))
-        env_before = os.environ.get("STABKIT_FIGURES_DIR")
+        env_before = {k: os.environ.get(k) for k in _ENV_KEYS}
         os.environ["STABKIT_FIGURES_DIR"] = str(tmp)
         start = time.perf_counter()
         try:
-            pm.execute_notebook(
-                str(src),
-                str(executed),
-                parameters=params,
-                cwd=str(nb_dir),
-                kernel_name="python3",
-                progress_bar=False,
-                log_output=False,
-            )
-        except pm.PapermillExecutionError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ReproductionError(
-                f"notebook {nb} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}). The executed "
-                f"notebook is at {executed.relative_to(root)}; previous figures are untouched."
-            ) from None
+            try:
+                pm.execute_notebook(
+                    str(src),
+                    str(executed),
+                    parameters=params,
+                    cwd=str(nb_dir),
+                    kernel_name="python3",
+                    progress_bar=False,
+                    log_output=False,
+                )
+            except pm.PapermillExecutionError as exc:
+                raise ReproductionError(
+                    f"notebook {nb} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}). The executed "
+                    f"notebook is at {executed.relative_to(root)}; previous figures are untouched."
+                ) from None
+            finally:
+                for k, v in env_before.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            seconds = time.perf_counter() - start
+            expected = {s for e in manifest.values() if e.notebook == nb for s in e.outputs}
+            produced = {p.name.split(".")[0] for p in tmp.iterdir() if not p.name.startswith(".")}
+            missing = sorted(expected - produced)
+            if missing:
+                raise ReproductionError(
+                    f"notebook {nb} ran but did not write {', '.join(missing)}; previous figures are untouched"
+                )
+            files = sorted(p for p in tmp.iterdir() if not p.name.startswith("."))
+            _move_into(files, out_dir, root)
         finally:
-            if env_before is None:
-                os.environ.pop("STABKIT_FIGURES_DIR", None)
-            else:
-                os.environ["STABKIT_FIGURES_DIR"] = env_before
-        seconds = time.perf_counter() - start
-        expected = {s for e in manifest.values() if e.notebook == nb for s in e.outputs}
-        produced = {p.name.split(".")[0] for p in tmp.iterdir() if not p.name.startswith(".")}
-        missing = sorted(expected - produced)
-        if missing:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ReproductionError(
-                f"notebook {nb} ran but did not write {', '.join(missing)}; previous figures are untouched"
-            )
-        out_dir.mkdir(exist_ok=True)
-        files = sorted(p for p in tmp.iterdir() if not p.name.startswith("."))
-        for p in files:
-            os.replace(p, out_dir / p.name)
-        shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # every exit path: success, error, Ctrl-C, SIGTERM (see main)
         if store_outputs:
             store_notebook(executed, src)
         ids = [e.id for e in manifest.values() if e.notebook == nb]
-        results.append({"notebook": nb, "ids": ids, "files": len(files), "seconds": seconds})
+        where = f"figures/{scale}/"
+        results.append({"notebook": nb, "ids": ids, "files": len(files), "where": where, "seconds": seconds})
         print(f"      done in {seconds:.1f} s", file=sys.stderr, flush=True)
     return results
+
+
+def _move_into(files: list[Path], out_dir: Path, root: Path) -> None:
+    """Move finished outputs into ``out_dir``, each file atomically, also across file systems.
+
+    Every file is first copied next to its destination (same file system, so the final ``os.replace`` is
+    atomic); a destination that cannot be written is reported before any reference file changes.
+    """
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staged = []
+        try:
+            for p in files:
+                fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{p.name}.")
+                os.close(fd)
+                shutil.copyfile(p, tmp)
+                os.chmod(tmp, 0o644)
+                staged.append((tmp, out_dir / p.name))
+        except BaseException:
+            for tmp, _ in staged:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise
+        for tmp, dest in staged:
+            os.replace(tmp, dest)
+    except OSError as exc:
+        where = out_dir.relative_to(root) if out_dir.is_relative_to(root) else out_dir
+        raise ReproductionError(
+            f"cannot write the outputs into {where}/ ({exc.strerror or exc}); check that it is writable. "
+            "Previous figures are untouched."
+        ) from None
 
 
 def store_notebook(executed: Path, dest: Path) -> None:
@@ -220,7 +285,7 @@ def results_table(results: list[dict]) -> str:
     """The closing table: what was regenerated, where, and how long each notebook took."""
     rows = [("notebook", "ids", "files", "where", "time")]
     for r in results:
-        rows.append((r["notebook"], ", ".join(r["ids"]), str(r["files"]), "figures/", f"{r['seconds']:.1f} s"))
+        rows.append((r["notebook"], ", ".join(r["ids"]), str(r["files"]), r["where"], f"{r['seconds']:.1f} s"))
     total = sum(r["seconds"] for r in results)
     rows.append(("total", "", str(sum(r["files"] for r in results)), "", f"{total:.1f} s"))
     return _format_rows(rows)

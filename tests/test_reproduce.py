@@ -1,6 +1,9 @@
 """The reproduction CLI, on a scratch repository with tiny notebooks (so it runs in seconds)."""
 
+import errno
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -51,24 +54,25 @@ def test_runs_moves_outputs_in_and_is_byte_stable(scratch, capsys):
     assert reproduce.main([]) == 0
     out = capsys.readouterr().out
     assert "00_tiny" in out and "tiny-table" in out and "total" in out
-    first = (scratch / "figures" / "tiny-table.csv").read_bytes()
+    first = (scratch / "figures" / "ci" / "tiny-table.csv").read_bytes()
     assert first == b"n,seed\n3,0\n"
     assert (scratch / "build" / "ci" / "00_tiny.ipynb").exists()
     assert reproduce.main(["--only", "tiny-table"]) == 0
-    assert (scratch / "figures" / "tiny-table.csv").read_bytes() == first
+    assert (scratch / "figures" / "ci" / "tiny-table.csv").read_bytes() == first
     assert reproduce.main(["--scale", "full", "--seed", "7"]) == 0
-    assert (scratch / "figures" / "tiny-table.csv").read_bytes() == b"n,seed\n4,7\n"
+    assert (scratch / "figures" / "full" / "tiny-table.csv").read_bytes() == b"n,seed\n4,7\n"
+    assert (scratch / "figures" / "ci" / "tiny-table.csv").read_bytes() == first  # full never replaces ci
 
 
 def test_a_failing_notebook_names_the_cell_and_keeps_old_outputs(scratch, capsys):
     write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD)
     assert reproduce.main([]) == 0
-    before = (scratch / "figures" / "tiny-table.csv").read_bytes()
+    before = (scratch / "figures" / "ci" / "tiny-table.csv").read_bytes()
     write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD.replace('print("ok")', "1 / 0"))
     assert reproduce.main([]) == 1
     err = capsys.readouterr().err
     assert "notebook 00_tiny failed in cell" in err and "ZeroDivisionError" in err
-    assert (scratch / "figures" / "tiny-table.csv").read_bytes() == before
+    assert (scratch / "figures" / "ci" / "tiny-table.csv").read_bytes() == before
     assert not [p for p in (scratch / "build").iterdir() if p.name.startswith(".00_tiny")]
 
 
@@ -85,6 +89,8 @@ def test_invalid_parameter_value_is_reported(scratch, capsys):
         (["--scale", "huge"], "unknown scale 'huge'"),
         (["-p", "dataset=mnist"], "has no parameter(s) dataset"),
         (["--store-outputs", "--seed", "3"], "default parameters only"),
+        (["--scale", "ci", "-p", "scale=full"], "-p scale=... is not allowed: use --scale"),
+        (["-p", "seed=2"], "use --seed"),
     ],
 )
 def test_bad_requests_fail_clearly(scratch, capsys, argv, message):
@@ -123,3 +129,71 @@ def test_readme_lists_the_manifest(monkeypatch):
     assert section == reproduce.manifest_markdown(), (
         "README's manifest table is stale: regenerate it with `python -m stabkit.reproduce --list --markdown`"
     )
+
+
+def test_a_hand_run_of_a_notebook_writes_under_build(scratch):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD)
+    import papermill as pm
+
+    pm.execute_notebook(
+        str(scratch / "notebooks" / "00_tiny.ipynb"),
+        str(scratch / "out.ipynb"),
+        parameters={"seed": 1},
+        cwd=str(scratch / "notebooks"),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    assert (scratch / "build" / "ci" / "figures" / "tiny-table.csv").read_bytes() == b"n,seed\n3,1\n"
+    assert not (scratch / "figures").exists()
+
+
+def test_outputs_move_across_file_systems_and_a_read_only_target_is_reported(scratch, capsys, monkeypatch):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD)
+    real_replace = os.replace
+
+    def no_cross_device(src, dst):  # what a figures/ on another mount does
+        if Path(src).parent != Path(dst).parent:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", no_cross_device)
+    assert reproduce.main([]) == 0
+    assert (scratch / "figures" / "ci" / "tiny-table.csv").read_bytes() == b"n,seed\n3,0\n"
+    monkeypatch.setattr(os, "replace", real_replace)
+    before = (scratch / "figures" / "ci" / "tiny-table.csv").read_bytes()
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):  # what a read-only figures/ does (root ignores chmod)
+        if dir is not None and Path(dir) == scratch / "figures" / "ci":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD.replace("ctx.preset.n", "99"))
+    assert reproduce.main([]) == 1
+    assert "cannot write the outputs into figures/ci/ (Permission denied)" in capsys.readouterr().err
+    assert (scratch / "figures" / "ci" / "tiny-table.csv").read_bytes() == before
+    assert not [p for p in (scratch / "build").iterdir() if p.name.startswith(".00_tiny")]
+
+
+def test_interrupted_runs_leave_no_temporary_folder(scratch, capsys, monkeypatch):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD)
+    import papermill as pm
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pm, "execute_notebook", interrupted)
+    assert reproduce.main([]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not [p for p in (scratch / "build").iterdir() if p.name.startswith(".00_tiny")]
+    assert not (scratch / "figures").exists()
+
+
+def test_outside_a_checkout_it_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("STABKIT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(reproduce, "repo_root", lambda: (_ for _ in ()).throw(FileNotFoundError("no manifest")))
+    assert reproduce.main(["--list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs the stabkit repository checkout" in err
