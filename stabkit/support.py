@@ -92,7 +92,9 @@ class Tolerance(NamedTuple):
     """How far a fresh run's numbers may move from the committed references (``reproduce --check``).
 
     A number passes when ``|new - ref| <= atol + rtol·|ref|``, with the column's own ``(rtol, atol)`` where
-    ``columns`` names it; text columns must be equal; columns in ``ignore`` are not compared.
+    ``columns`` names it; text columns must be equal; columns in ``ignore`` are not compared. ``fraction`` is the
+    share of a column's cells allowed to fail that (per-example outputs of trained or sampled models, where a few
+    predictions flip or a radius drops to 0 on another CPU).
     """
 
     kind: Literal["deterministic", "statistical"]  # statistical: sampled or trained numbers (looser, per column)
@@ -100,9 +102,10 @@ class Tolerance(NamedTuple):
     atol: float
     columns: dict[str, tuple[float, float]]  # column -> (rtol, atol)
     ignore: tuple[str, ...]
+    fraction: float = 0.0
 
 
-DEFAULT_TOLERANCE = Tolerance("deterministic", 1e-6, 1e-9, {}, ())
+DEFAULT_TOLERANCE = Tolerance("deterministic", 1e-6, 1e-9, {}, (), 0.0)
 
 
 class ManifestEntry(NamedTuple):
@@ -167,7 +170,7 @@ def _tolerance(raw: dict, base: Tolerance, where: str) -> Tolerance:
     """Parse a manifest ``tolerance`` mapping over ``base`` (unspecified keys keep ``base``'s values)."""
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: expected a mapping {{rtol, atol, kind, columns, ignore}}")
-    unknown = set(raw) - {"rtol", "atol", "kind", "columns", "ignore"}
+    unknown = set(raw) - {"rtol", "atol", "kind", "columns", "ignore", "fraction"}
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
 
@@ -196,7 +199,10 @@ def _tolerance(raw: dict, base: Tolerance, where: str) -> Tolerance:
     ignore = raw.get("ignore", list(base.ignore))
     if not isinstance(ignore, list) or not all(isinstance(c, str) for c in ignore):
         raise ValueError(f"{where}: ignore must be a list of column names")
-    return Tolerance(kind, rtol, atol, columns, tuple(ignore))
+    fraction = number(raw.get("fraction", base.fraction), "fraction")
+    if fraction > 1:
+        raise ValueError(f"{where}: fraction is a share of cells, in [0, 1], got {fraction}")
+    return Tolerance(kind, rtol, atol, columns, tuple(ignore), fraction)
 
 
 # ------------------------------------------------------------------------------------------------------ seeds
@@ -881,10 +887,15 @@ def _set_style() -> None:
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt leaves neither a half file nor the temporary one
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _git_state() -> tuple[str | None, bool | None]:

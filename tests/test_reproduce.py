@@ -1,8 +1,10 @@
 """The reproduction CLI, on a scratch repository with tiny notebooks (so it runs in seconds)."""
 
+import base64
 import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -197,3 +199,181 @@ def test_outside_a_checkout_it_says_so_in_one_line(tmp_path, monkeypatch, capsys
     assert reproduce.main(["--list"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs the stabkit repository checkout" in err
+
+
+CLAIMS = (
+    GOOD
+    + """
+ctx.claim("tiny-table", "n | the preset size is 3", ctx.preset.n, published=3.0)
+ctx.claim("tiny-table", "above one", 0.8, interval=(0.5, 1.2), uncertainty="min-max over 3 seeds", expect=">",
+          threshold=1.0)
+ctx.save_claims()"""
+)
+
+
+def test_report_has_the_claims_escaped_and_the_provenance(scratch):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", CLAIMS)
+    assert reproduce.main([]) == 0
+    report = (scratch / "figures" / "ci" / "REPORT.md").read_text()
+    assert report.startswith("# Reproduction report: `ci` scale")
+    assert "## Chapter 0" in report and "### `tiny-table`" in report and "[tiny-table.csv](tiny-table.csv)" in report
+    assert "| n \\| the preset size is 3 | 3 | 3 | deterministic | reproduced (" in report
+    assert (
+        "| above one | — | 0.8 [0.5, 1.2] (claim: > 1) | min-max over 3 seeds | not significant at this scale" in report
+    )
+    assert "Claims: 1 not significant at this scale, 1 reproduced." in report
+    assert "Provenance: 00_tiny at commit" in report and "numpy " in report
+    # the claims also leave the notebook as data
+    claims = (scratch / "figures" / "ci" / "00_tiny.claims.csv").read_text()
+    assert claims.splitlines()[0].startswith("entry,statement,published,value,low,high")
+
+
+def test_check_passes_on_a_rerun_and_fails_when_a_number_leaves_its_tolerance(scratch, capsys):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD)
+    assert reproduce.main([]) == 0
+    capsys.readouterr()
+    assert reproduce.main(["--check"]) == 0
+    assert "2 identical, 0 moved within tolerance, 0 out of tolerance" in capsys.readouterr().out
+    assert (scratch / "build" / "ci" / "check" / "tiny-table.csv").exists()  # the fresh run is not a reference
+    ref = scratch / "figures" / "ci" / "tiny-table.csv"
+    ref.write_text("n,seed\n3.000001,0\n")  # within the default tolerance (rtol 1e-6)
+    assert reproduce.main(["--check", "--from", str(scratch / "build" / "ci" / "check")]) == 0
+    assert "moved within tolerance" in capsys.readouterr().out
+    ref.write_text("n,seed\n3.1,0\n")
+    assert reproduce.main(["--check", "--from", str(scratch / "build" / "ci" / "check")]) == 1
+    out = capsys.readouterr().out
+    assert "OUT OF TOLERANCE" in out and "tiny-table.csv" in out and "0.1" in out
+    # a per-entry tolerance in the manifest lets it pass
+    manifest = scratch / "manifest.yaml"
+    manifest.write_text(manifest.read_text() + "    tolerance: {kind: statistical, columns: {n: {rtol: 0.05}}}\n")
+    assert reproduce.main(["--check", "--from", str(scratch / "build" / "ci" / "check")]) == 0
+    ref.write_text("n,other\n3,0\n")
+    assert reproduce.main(["--check", "--from", str(scratch / "build" / "ci" / "check")]) == 1
+    assert "other columns" in capsys.readouterr().out
+
+
+def test_spread_prints_the_moves_and_a_suggested_tolerance(scratch, capsys, tmp_path):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD)
+    assert reproduce.main([]) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tiny-table.csv").write_text("n,seed\n3.003,0\n")
+    capsys.readouterr()
+    assert reproduce.main(["--spread", str(other)]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-table.csv" in out and "0.001" in out
+    assert "tiny-table: tolerance: {kind: statistical, columns: {n: {atol: 0.01}}}" in out
+    assert [reproduce._nice_up(x) for x in (0.0031, 0.014, 1.0, 6e-7)] == [0.005, 0.02, 1.0, 1e-6]
+
+
+def test_check_needs_references(scratch, capsys):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD)
+    assert reproduce.main(["--check", "--from", str(scratch)]) == 1
+    assert "no reference outputs" in capsys.readouterr().err
+
+
+def test_markdown_table_escapes_pipes(monkeypatch):
+    monkeypatch.setenv("STABKIT_ROOT", str(ROOT))
+    for line in reproduce.manifest_markdown().splitlines():
+        unescaped = line.replace("\\|", "").count("|")
+        assert unescaped == 10, line  # 9 columns
+
+
+DATA_PARAMS = PARAMS + '\ndataset = "digits"  # data'
+DATA_SETUP = SETUP.replace('{"n": 3}', '{"n": 3, "download": False}').replace(
+    "data_root=data_root)", "data_root=data_root, dataset=dataset)"
+)
+DATA_BODY = 'ctx.save_table(pd.DataFrame({"download": [ctx.preset.download]}), "tiny-table")'
+
+
+def write_data_notebook(path: Path) -> None:
+    write_notebook(path, DATA_BODY)
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[0].source, nb.cells[1].source = DATA_PARAMS, DATA_SETUP
+    nbformat.write(nb, path)
+
+
+def test_missing_data_stops_before_the_run_and_download_true_fetches_first(scratch, capsys, monkeypatch):
+    from stabkit import data
+
+    write_data_notebook(scratch / "notebooks" / "00_tiny.ipynb")
+    assert reproduce.main(["-p", "dataset=mnist-test"]) == 1
+    err = capsys.readouterr().err
+    assert "needs mnist-test, whose files are not in data/ (2 missing)" in err and "-p download=true" in err
+    assert "00_tiny (ci) ..." not in err  # stopped before running anything
+    fetched = []
+
+    def fake_fetch(names, *, root, progress=True):  # what a download does, without the network
+        fetched.append((tuple(names), Path(root)))
+        (Path(root) / "mnist").mkdir(parents=True, exist_ok=True)
+        for f in data.MNIST_FILES:
+            (Path(root) / "mnist" / f).write_bytes(b"")
+
+    monkeypatch.setattr(data, "fetch", fake_fetch)
+    assert reproduce.main(["-p", "dataset=mnist-test", "-p", "download=true"]) == 0
+    assert fetched == [(("mnist-test",), scratch / "data")]
+    # the notebook's preset key `download` is switched on for the run
+    assert (scratch / "figures" / "ci" / "tiny-table.csv").read_text() == "download\nTrue\n"
+    assert reproduce.main(["-p", "download=maybe"]) == 1
+    assert "-p download must be true or false" in capsys.readouterr().err
+
+
+FIGURE = (
+    GOOD
+    + """
+fig, ax = support.figure()
+ax.plot([0, 1], [1, 0])
+ctx.save_figure(fig, "tiny-table")"""
+)
+
+
+def test_stored_notebooks_show_the_saved_figure_inline(scratch):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", FIGURE)
+    assert reproduce.main(["--store-outputs"]) == 0
+    nb = json.loads((scratch / "notebooks" / "00_tiny.ipynb").read_text())
+    images = [
+        o["data"]["image/png"] for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+    ]
+    png = (scratch / "figures" / "ci" / "tiny-table.png").read_bytes()
+    assert len(images) == 1 and base64.b64decode(images[0]) == png  # exactly the file on disk
+
+
+def test_a_statistical_tolerance_allows_a_share_of_flipped_cells(scratch):
+    manifest = scratch / "manifest.yaml"
+    manifest.write_text(manifest.read_text() + "    tolerance: {kind: statistical, rtol: 0.01, fraction: 0.1}\n")
+    ref, new = scratch / "figures" / "ci", scratch / "new"
+    ref.mkdir(parents=True)
+    new.mkdir()
+    rows = [(i, f"{i}.0", "True") for i in range(10)]
+    (ref / "tiny-table.csv").write_text("i,radius,correct\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+
+    def write(flips, nan=False):
+        out = [
+            (a, "0.0" if 0 < k <= flips else b, "False" if 0 < k <= flips else c) for k, (a, b, c) in enumerate(rows)
+        ]
+        if nan:
+            out[5] = (5, "nan", "True")
+        (new / "tiny-table.csv").write_text("i,radius,correct\n" + "".join(f"{a},{b},{c}\n" for a, b, c in out))
+        return {d.column: d for d in reproduce.compare_outputs(new, ref)}
+
+    assert all(d.ok for d in write(0).values())
+    one = write(1)  # one of ten examples flips: within 10 %
+    assert one["radius"].ok and one["correct"].ok and "1/10 cells outside, allowed" in one["correct"].note
+    two = write(2)
+    assert not two["radius"].ok and not two["correct"].ok
+    assert not write(1, nan=True)["radius"].ok  # a NaN where the reference has a number counts as a flip
+
+
+def test_check_compares_claim_values_and_notes_changed_verdicts(scratch, capsys):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", CLAIMS)
+    assert reproduce.main([]) == 0
+    fresh = scratch / "fresh"
+    fresh.mkdir()
+    for p in (scratch / "figures" / "ci").glob("*.csv"):
+        shutil.copy(p, fresh / p.name)
+    claims = fresh / "00_tiny.claims.csv"
+    claims.write_text(claims.read_text().replace(",0.8,", ",0.9,").replace("not significant at this scale", "x"))
+    capsys.readouterr()
+    assert reproduce.main(["--check", "--from", str(fresh)]) == 1
+    out = capsys.readouterr().out
+    assert "claim: above one" in out and "OUT OF TOLERANCE (verdict not significant at this scale → x)" in out

@@ -400,8 +400,8 @@ def test_manifest_tolerances_default_and_override(tmp_path):
         " columns: {acc: {atol: 0.02}}, ignore: [seconds]}\n"
     )
     m = support.load_manifest(tmp_path / "m.yaml")
-    assert m["a"].tolerance == support.Tolerance("deterministic", 1e-5, 0.0, {}, ())
-    assert m["b"].tolerance == support.Tolerance("statistical", 0.05, 0.0, {"acc": (0.05, 0.02)}, ("seconds",))
+    assert m["a"].tolerance == support.Tolerance("deterministic", 1e-5, 0.0, {}, (), 0.0)
+    assert m["b"].tolerance == support.Tolerance("statistical", 0.05, 0.0, {"acc": (0.05, 0.02)}, ("seconds",), 0.0)
     for bad, match in [("{rtol: -1}", "rtol must be a non-negative"), ("{kind: loose}", "kind must be"),
                        ("{rtl: 1}", "unknown key"), ("{columns: {acc: 3}}", "columns.acc")]:  # fmt: skip
         (tmp_path / "m.yaml").write_text(f"entries:\n  a:\n    {base}\n    outputs: [x]\n    tolerance: {bad}\n")
