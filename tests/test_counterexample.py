@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from stabkit.certify._counterexample import empirical_margin_event_probability
+from stabkit.certify.stats import empirical_margin_event_probability
 
 THESIS_P = (0.5, 0.05, 0.45)
 

@@ -13,6 +13,7 @@ Example:
     0.5725
 """
 
+from stabkit.certify._counterexample import empirical_margin_event_probability as empirical_margin_event_probability
 from stabkit.certify._intervals import ClassBounds as ClassBounds
 from stabkit.certify._intervals import CPMBounds as CPMBounds
 from stabkit.certify._intervals import Criterion as Criterion
@@ -49,6 +50,7 @@ __all__ = [
     "bernstein_shift",
     "bonferroni_bounds",
     "certificate_validity_probability",
+    "empirical_margin_event_probability",
     "class_bounds",
     "clopper_pearson",
     "cpm_bounds",
