@@ -16,7 +16,7 @@ from torch import nn
 
 from stabkit._checks import check_positive_int
 
-from ._common import conv_gram_bound, fan_in_bound, gram_bound, normal_, pair_odd, uniform_
+from ._common import conv_gram_bound, fan_in_bound, gram_bound, normal_, pair_odd, uniform_, unit_scale
 
 
 class SRLinear(nn.Module):
@@ -81,12 +81,17 @@ class SRLinear(nn.Module):
 
     def rescaling(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Column scales ``d`` (in_features,) with ``‖W diag(d)‖₂ ≤ 1``."""
-        w = self.weight if weight is None else weight
-        return gram_bound(w.T @ w, n_iter=self.n_iter).rsqrt()
+        w, s = unit_scale(self.weight if weight is None else weight)
+        return gram_bound(w.T @ w, n_iter=self.n_iter).rsqrt() / s
 
     def effective_weight(self) -> torch.Tensor:
         """The matrix ``W diag(d)`` actually applied, (out_features, in_features); spectral norm ≤ 1."""
-        return self.weight * self.rescaling()[None, :]
+        w, _ = unit_scale(self.weight)  # scale-free: computed from the unit-scale weight (no overflow)
+        return w * gram_bound(w.T @ w, n_iter=self.n_iter).rsqrt()[None, :]
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1 (``‖W diag(d)‖₂ ≤ 1`` for any weight)."""
+        return 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
@@ -193,12 +198,17 @@ class SRConv2d(nn.Module):
 
     def rescaling(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Input-channel scales ``d`` (in_channels,) with ``‖conv(K ⊙ d)‖₂ ≤ 1``."""
-        w = self.weight if weight is None else weight
-        return conv_gram_bound(w.transpose(0, 1), n_iter=self.n_iter).rsqrt()  # KᵀK: Gram on the input side
+        w, s = unit_scale(self.weight if weight is None else weight)
+        return conv_gram_bound(w.transpose(0, 1), n_iter=self.n_iter).rsqrt() / s  # KᵀK: Gram on the input side
 
     def effective_weight(self) -> torch.Tensor:
         """The kernel ``K ⊙ d`` actually applied, (out, in, kh, kw)."""
-        return self.weight * self.rescaling()[None, :, None, None]
+        w, _ = unit_scale(self.weight)  # scale-free: computed from the unit-scale kernel (no overflow)
+        return w * conv_gram_bound(w.transpose(0, 1), n_iter=self.n_iter).rsqrt()[None, :, None, None]
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1, for every input size, zero padding and stride."""
+        return 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.effective_weight(), self.bias, stride=self.stride, padding=self.padding)

@@ -14,7 +14,7 @@ from torch import nn
 
 from stabkit._checks import check_positive_int
 
-from ._common import conv_gram_bound, fan_in_bound, gram_bound, normal_, pair_odd, uniform_
+from ._common import conv_gram_bound, fan_in_bound, gram_bound, normal_, pair_odd, uniform_, unit_scale
 
 
 class SLLLinear(nn.Module):
@@ -76,14 +76,22 @@ class SLLLinear(nn.Module):
 
     def gram_diagonal(self) -> torch.Tensor:
         """The diagonal ``t`` (inner_features,) of T, with ``AAᵀ ⪯ diag(t)``."""
-        w = self.weight
-        return gram_bound(w @ w.T, n_iter=self.n_iter, log_q=self.log_q)
+        w, s = unit_scale(self.weight)
+        return gram_bound(w @ w.T, n_iter=self.n_iter, log_q=self.log_q) * s**2
+
+    def output_weight(self) -> torch.Tensor:
+        """``2 T⁻¹ A`` (inner_features, features), the weight of the second product, computed scale-free."""
+        w, s = unit_scale(self.weight)  # T is homogeneous of degree 2 in A: 2T⁻¹A = (2/t(A/s)) (A/s) / s
+        return w * (2.0 / gram_bound(w @ w.T, n_iter=self.n_iter, log_q=self.log_q))[:, None] / s
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1 (Araujo et al. 2023, Thm 3)."""
+        return 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.linear(x, self.weight, self.bias))  # (*, inner)
         # fold 2/t into the (small) weight rather than scaling the (large) activation
-        w_out = self.weight * (2.0 / self.gram_diagonal())[:, None]  # (inner, features)
-        return x - z @ w_out
+        return x - z @ self.output_weight()
 
     def extra_repr(self) -> str:
         return (
@@ -158,12 +166,21 @@ class SLLConv2d(nn.Module):
 
     def gram_diagonal(self) -> torch.Tensor:
         """The diagonal ``t`` (inner_channels,) with ``KKᵀ ⪯ diag(t)`` as operators."""
-        return conv_gram_bound(self.weight, n_iter=self.n_iter, log_q=self.log_q)
+        w, s = unit_scale(self.weight)
+        return conv_gram_bound(w, n_iter=self.n_iter, log_q=self.log_q) * s**2
+
+    def output_weight(self) -> torch.Tensor:
+        """``K ⊙ 2/t`` (inner_channels, channels, kh, kw), the kernel of the transposed conv, computed scale-free."""
+        w, s = unit_scale(self.weight)
+        return w * (2.0 / conv_gram_bound(w, n_iter=self.n_iter, log_q=self.log_q))[:, None, None, None] / s
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1, for every input size (Araujo et al. 2023, Thm 3)."""
+        return 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))  # (B, inner, H, W)
-        w_out = self.weight * (2.0 / self.gram_diagonal())[:, None, None, None]  # (inner, c, kh, kw)
-        return x - F.conv_transpose2d(z, w_out, padding=self.padding)
+        return x - F.conv_transpose2d(z, self.output_weight(), padding=self.padding)
 
     def extra_repr(self) -> str:
         return (
