@@ -37,6 +37,10 @@ class PaddingChannels(nn.Module):
         pad = [0, 0] * (x.ndim - 2) + [0, self.out_channels - c]  # F.pad lists the last dim first
         return F.pad(x, pad)
 
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1 (an isometry)."""
+        return 1.0
+
     def extra_repr(self) -> str:
         return f"out_channels={self.out_channels}"
 
@@ -69,6 +73,10 @@ class ScaledAvgPool2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel_size
         return F.avg_pool2d(x, self.kernel_size) * (kh * kw) ** 0.5
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1 (disjoint windows, each of norm 1)."""
+        return 1.0
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}"
@@ -105,6 +113,10 @@ class GroupSort(nn.Module):
         shape = x.shape[:d] + (n // self.group_size, self.group_size) + x.shape[d + 1 :]
         return x.reshape(shape).sort(dim=d + 1, descending=True).values.reshape(x.shape)
 
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1 (a permutation of the inputs at every point)."""
+        return 1.0
+
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}, dim={self.dim}"
 
@@ -134,6 +146,10 @@ class MaxMin(nn.Module):
         n = x.shape[self.dim]
         a, b, rest = x.split([n // 2, n // 2, n % 2], dim=self.dim)
         return torch.cat([torch.maximum(a, b), torch.minimum(a, b), rest], dim=self.dim)
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1 (a permutation of the inputs at every point)."""
+        return 1.0
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
@@ -192,6 +208,10 @@ class LinearNormalized(nn.Module):
         with torch.no_grad():
             w = self.normalized_weight().to(torch.float64)
             return float(torch.linalg.matrix_norm(w, ord=2)) * (1.0 + 1e-9)
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant, :meth:`lipschitz_constant`."""
+        return self.lipschitz_constant()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.normalized_weight(), self.bias)
