@@ -196,3 +196,71 @@ def test_sll_is_finite_for_extreme_log_q(log_q):
     x = torch.randn(1, 6, generator=gen(0))
     assert torch.isfinite(m(x)).all()
     assert jac_norm(m, x) <= 1 + 1e-5
+
+
+# ------------------------------------------------------------------------------------------------------ D6
+@pytest.mark.parametrize(("k", "n_eval"), [(5, 10), (5, 12), (7, 14), (7, 18), (3, 6)])
+def test_cpl_rejects_at_construction_an_n_eval_its_eval_bound_rejects(k, n_eval):
+    with pytest.raises(ValueError, match="n_eval"):
+        CPLConv2d(2, kernel_size=k, n_eval=n_eval)
+
+
+@pytest.mark.parametrize(("k", "n_eval"), [(5, 13), (7, 19), (3, 7)])
+def test_cpl_accepts_every_n_eval_its_eval_bound_accepts(k, n_eval):
+    m = CPLConv2d(2, kernel_size=k, n_eval=n_eval).eval()
+    assert torch.isfinite(m(torch.randn(1, 2, 8, 8, generator=gen(0)))).all()
+
+
+# ------------------------------------------------------------------------------------------------------ D13
+@pytest.mark.parametrize("layer", ["plain", "sll", "cpl", "aol", "sr"])
+def test_lipschitz_net_leaves_the_global_rng_alone(layer):
+    from stabkit.models import LipschitzNet
+
+    state = torch.random.get_rng_state().clone()
+    LipschitzNet((1, 8, 8), 3, layer=layer, size="tiny")
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+# ------------------------------------------------------------------------------------------------------ D14
+def test_lipschitz_net_validation_gaps():
+    from stabkit.models import LipschitzNet
+
+    with pytest.raises(ValueError, match="n_iter"):
+        LipschitzNet((4,), 3, layer="sr", n_iter=0, size="tiny")
+    with pytest.raises(ValueError, match="num_classes"):
+        LipschitzNet((4,), 1, size="tiny")
+    with pytest.raises(ValueError, match="mean"):
+        LipschitzNet((4,), 3, size="tiny", mean=float("nan"))
+    with pytest.raises(ValueError, match="std"):
+        LipschitzNet((4,), 3, size="tiny", std=float("inf"))
+    assert LipschitzNet((4,), 3, layer="sr", n_iter=4, size="tiny").body[1][0].n_iter == 4
+
+
+# ------------------------------------------------------------------------------------------------------ D15
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SRConv2d(2, 2, kernel_size=3.0),
+        lambda: SLLConv2d(2, kernel_size=3.0),
+        lambda: CPLConv2d(2, kernel_size=(3.0, 3)),
+        lambda: AOLConv2d(2, 2, kernel_size=True),
+    ],
+)
+def test_float_kernel_size_is_a_clear_error(make):
+    with pytest.raises(ValueError, match="kernel_size"):
+        make()
+
+
+@pytest.mark.parametrize("padding", [-1, (1, -1), 1.5, (1, 2, 3)])
+def test_bad_padding_is_refused_at_construction(padding):
+    with pytest.raises(ValueError, match="padding"):
+        SRConv2d(2, 2, 3, padding=padding)
+
+
+def test_plain_lipschitz_net_has_a_certified_bound():
+    from stabkit.lipschitz import local_lipschitz_lower
+    from stabkit.models import LipschitzNet
+
+    net = LipschitzNet((1, 8, 8), 3, layer="plain", size="tiny", generator=gen(0)).eval()
+    x = torch.randn(4, 1, 8, 8, generator=gen(1))
+    assert float(local_lipschitz_lower(net, x, n_iter=30).max()) <= net.lipschitz_bound()

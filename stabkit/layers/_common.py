@@ -34,16 +34,24 @@ from stabkit._checks import check_positive_int, resolve_generator
 
 def pair_odd(name: str, kernel_size: object) -> tuple[int, int]:
     """Parse ``kernel_size`` (int or pair) and check both are odd (padding k//2 keeps the size)."""
-    ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)  # type: ignore[arg-type]
-    if len(ks) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {kernel_size!r}")
+    ks = int_pair(name, kernel_size, minimum=1)
     for k in ks:
-        check_positive_int(name, k)
         if k % 2 == 0:
             raise ValueError(
                 f"{name} must be odd (padding k//2 keeps the size only for odd kernels), got {kernel_size!r}"
             )
     return int(ks[0]), int(ks[1])
+
+
+def int_pair(name: str, value: object, *, minimum: int) -> tuple[int, int]:
+    """Parse an int or a pair of ints, each ``>= minimum``; a clear ValueError otherwise (floats, bools, ...)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints >= {minimum}, got {value!r}")
+    for v in value:
+        check_positive_int(name, v, minimum=minimum)
+    return int(value[0]), int(value[1])
 
 
 def normal_(

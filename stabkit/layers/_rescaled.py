@@ -16,7 +16,7 @@ from torch import nn
 
 from stabkit._checks import check_positive_int
 
-from ._common import conv_gram_bound, fan_in_bound, gram_bound, normal_, pair_odd, uniform_, unit_scale
+from ._common import conv_gram_bound, fan_in_bound, gram_bound, int_pair, normal_, pair_odd, uniform_, unit_scale
 
 
 class SRLinear(nn.Module):
@@ -156,7 +156,7 @@ class SRConv2d(nn.Module):
         (B, in_channels, H, W) → (B, out_channels, H', W') as for ``nn.Conv2d``.
 
     Raises:
-        ValueError: even kernel size, non-positive sizes.
+        ValueError: even or non-integer kernel size, non-positive sizes, negative padding.
 
     References:
         Delattre et al., arXiv 2402.00240 (thesis ch. 3b); Prach & Lampert, ECCV 2022.
@@ -183,7 +183,11 @@ class SRConv2d(nn.Module):
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.kernel_size = pair_odd("kernel_size", kernel_size)
         self.stride = check_positive_int("stride", stride)
-        self.padding = (self.kernel_size[0] // 2, self.kernel_size[1] // 2) if padding is None else padding
+        self.padding = (
+            (self.kernel_size[0] // 2, self.kernel_size[1] // 2)
+            if padding is None
+            else int_pair("padding", padding, minimum=0)
+        )
         self.n_iter = check_positive_int("n_iter", n_iter)
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, **kw))
