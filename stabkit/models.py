@@ -16,6 +16,7 @@ inside ``with ctx.seeded("<key>/init"):`` in a notebook (or after ``torch.manual
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from typing import NamedTuple
@@ -38,7 +39,9 @@ from stabkit.layers import (
     SLLLinear,
     SRConv2d,
     SRLinear,
+    export_plain,
 )
+from stabkit.layers._export import residual_graph
 
 
 class NetSize(NamedTuple):
@@ -82,6 +85,9 @@ class _PlainResidualConv(nn.Module):
             norms = [float(kernel_gram_iteration(c.weight.double(), n_iter=6)) for c in (self.conv1, self.conv2)]
         return 1.0 + norms[0] * norms[1]
 
+    def export(self) -> nn.Module:
+        return residual_graph(nn.Sequential(copy.deepcopy(self.conv1), nn.ReLU(), copy.deepcopy(self.conv2)))
+
 
 class _PlainResidualLinear(nn.Module):
     def __init__(self, d: int, inner: int, **kw) -> None:
@@ -99,6 +105,9 @@ class _PlainResidualLinear(nn.Module):
         with torch.no_grad():
             norms = [float(spectral_norm_upper(f.weight.double())) for f in (self.fc1, self.fc2)]
         return 1.0 + norms[0] * norms[1]
+
+    def export(self) -> nn.Module:
+        return residual_graph(nn.Sequential(copy.deepcopy(self.fc1), nn.ReLU(), copy.deepcopy(self.fc2)))
 
 
 def _plain_init(module: nn.Module, generator: torch.Generator) -> None:
@@ -284,6 +293,22 @@ class LipschitzNet(nn.Module):
             return math.inf
         body = 1.0 / float(self.std.min())
         return body * self.head.lipschitz_constant() if head else body
+
+    def export(self) -> nn.Sequential:
+        """Plain torch form: ``Sequential(normalisation, *body, head)`` (Note [export] in ``stabkit.layers``).
+
+        The input normalisation ``(x − mean)/std`` becomes a 1×1 ``nn.Conv2d`` (images) or an ``nn.Linear``
+        (vectors) with weight ``diag(1/std)`` and bias ``−mean/std``.
+        """
+        c = self.input_shape[0]
+        w = self.std.reshape(-1).reciprocal()
+        b = -self.mean.reshape(-1) * w
+        kw = {"device": w.device, "dtype": w.dtype}
+        norm = nn.Conv2d(c, c, 1, **kw) if len(self.input_shape) == 3 else nn.Linear(c, c, **kw)
+        with torch.no_grad():
+            norm.weight.copy_(torch.diag(w).reshape(norm.weight.shape))
+            norm.bias.copy_(b)
+        return nn.Sequential(norm, *export_plain(self.body), export_plain(self.head))
 
     def lipschitz_bound(self, *, head: bool = True) -> float:
         """Certified ℓ2 Lipschitz constant of the (eval-mode) network, the protocol of :mod:`stabkit.lipschitz`.

@@ -9,6 +9,7 @@ from torch import nn
 from stabkit._checks import check_positive_int
 
 from ._common import fan_in_bound, normal_, uniform_
+from ._export import _GroupSortPlain, _MaxMinPlain, _PadChannelsPlain, _ScaledAvgPlain, plain_linear, traced
 
 
 class PaddingChannels(nn.Module):
@@ -40,6 +41,10 @@ class PaddingChannels(nn.Module):
     def lipschitz_bound(self) -> float:
         """Guaranteed ℓ2 Lipschitz constant: 1 (an isometry)."""
         return 1.0
+
+    def export(self) -> nn.Module:
+        """Plain-torch ``torch.fx.GraphModule`` of the same map."""
+        return traced(_PadChannelsPlain(self.out_channels), "PaddingChannels")
 
     def extra_repr(self) -> str:
         return f"out_channels={self.out_channels}"
@@ -77,6 +82,10 @@ class ScaledAvgPool2d(nn.Module):
     def lipschitz_bound(self) -> float:
         """Guaranteed ℓ2 Lipschitz constant: 1 (disjoint windows, each of norm 1)."""
         return 1.0
+
+    def export(self) -> nn.Module:
+        """Plain-torch ``torch.fx.GraphModule`` of the same map."""
+        return traced(_ScaledAvgPlain(self.kernel_size), "ScaledAvgPool2d")
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}"
@@ -117,6 +126,10 @@ class GroupSort(nn.Module):
         """Guaranteed ℓ2 Lipschitz constant: 1 (a permutation of the inputs at every point)."""
         return 1.0
 
+    def export(self) -> nn.Module:
+        """Plain-torch ``torch.fx.GraphModule`` of the same map."""
+        return traced(_GroupSortPlain(self.group_size, self.dim), "GroupSort")
+
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}, dim={self.dim}"
 
@@ -150,6 +163,10 @@ class MaxMin(nn.Module):
     def lipschitz_bound(self) -> float:
         """Guaranteed ℓ2 Lipschitz constant: 1 (a permutation of the inputs at every point)."""
         return 1.0
+
+    def export(self) -> nn.Module:
+        """Plain-torch ``torch.fx.GraphModule`` of the same map."""
+        return traced(_MaxMinPlain(self.dim), "MaxMin")
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
@@ -212,6 +229,10 @@ class LinearNormalized(nn.Module):
     def lipschitz_bound(self) -> float:
         """Guaranteed ℓ2 Lipschitz constant, :meth:`lipschitz_constant`."""
         return self.lipschitz_constant()
+
+    def export(self) -> nn.Linear:
+        """Plain ``nn.Linear`` with the normalised rows."""
+        return plain_linear(self.normalized_weight().detach(), None if self.bias is None else self.bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.normalized_weight(), self.bias)

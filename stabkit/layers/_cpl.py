@@ -42,6 +42,7 @@ from stabkit._checks import check_positive_float, check_positive_int, resolve_ge
 from stabkit.norms import conv_grid_bound, spectral_norm_upper
 
 from ._common import fan_in_bound, normal_, pair_odd, uniform_
+from ._export import residual_conv, residual_linear
 
 
 def _is_wrapped(t: torch.Tensor) -> bool:
@@ -96,7 +97,9 @@ class _CPLBase(nn.Module):
 
     def step_size(self) -> torch.Tensor:
         """The step ``h = 2/(σ̂² + eps)`` of the current mode (training: power iteration; eval: certified)."""
-        sigma = self._power_step() if self.training else self._cached_bound()
+        return self._step(self._power_step() if self.training else self._cached_bound())
+
+    def _step(self, sigma: torch.Tensor) -> torch.Tensor:
         # A = 0 (e.g. zero initialisation) has σ̂ = 0, and with eps = 0 the step would be 2/0: every step is valid for
         # A = 0, so take σ̂ = 1 there (an upper bound of ‖A‖ = 0), which keeps the output and its gradient finite
         sigma = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
@@ -181,6 +184,11 @@ class CPLLinear(_CPLBase):
 
     def _norm_bound(self, w: torch.Tensor) -> torch.Tensor:
         return spectral_norm_upper(w)
+
+    def export(self) -> nn.Module:
+        """Plain torch form of the **eval-mode** layer (certified step), a ``torch.fx.GraphModule``."""
+        w_out = (self.weight * self._step(self._cached_bound())).detach()
+        return residual_linear(self.weight.detach(), None if self.bias is None else self.bias.detach(), w_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.linear(x, self.weight, self.bias))  # (*, inner)
@@ -271,6 +279,12 @@ class CPLConv2d(_CPLBase):
 
     def _norm_bound(self, w: torch.Tensor) -> torch.Tensor:
         return conv_grid_bound(w, n_eval=self.n_eval)
+
+    def export(self) -> nn.Module:
+        """Plain torch form of the **eval-mode** layer (certified step), a ``torch.fx.GraphModule``."""
+        w_out = (self.weight * self._step(self._cached_bound())).detach()
+        b = None if self.bias is None else self.bias.detach()
+        return residual_conv(self.weight.detach(), b, w_out, self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))  # (B, inner, H, W)

@@ -17,6 +17,7 @@ from torch import nn
 from stabkit._checks import check_positive_int
 
 from ._common import conv_gram_bound, fan_in_bound, gram_bound, int_pair, normal_, pair_odd, uniform_, unit_scale
+from ._export import plain_linear
 
 
 class SRLinear(nn.Module):
@@ -92,6 +93,10 @@ class SRLinear(nn.Module):
     def lipschitz_bound(self) -> float:
         """Guaranteed ℓ2 Lipschitz constant: 1 (``‖W diag(d)‖₂ ≤ 1`` for any weight)."""
         return 1.0
+
+    def export(self) -> nn.Linear:
+        """Plain ``nn.Linear`` with the effective weight (Note [export] in ``_export.py``)."""
+        return plain_linear(self.effective_weight().detach(), None if self.bias is None else self.bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
@@ -213,6 +218,25 @@ class SRConv2d(nn.Module):
     def lipschitz_bound(self) -> float:
         """Guaranteed ℓ2 Lipschitz constant: 1, for every input size, zero padding and stride."""
         return 1.0
+
+    def export(self) -> nn.Conv2d:
+        """Plain ``nn.Conv2d`` with the effective kernel (Note [export] in ``_export.py``)."""
+        w = self.effective_weight().detach()
+        out = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            bias=self.bias is not None,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        with torch.no_grad():
+            out.weight.copy_(w)
+            if self.bias is not None:
+                out.bias.copy_(self.bias)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.effective_weight(), self.bias, stride=self.stride, padding=self.padding)

@@ -15,6 +15,7 @@ from torch import nn
 from stabkit._checks import check_positive_int
 
 from ._common import conv_gram_bound, fan_in_bound, gram_bound, normal_, pair_odd, uniform_, unit_scale
+from ._export import residual_conv, residual_linear
 
 
 class SLLLinear(nn.Module):
@@ -87,6 +88,11 @@ class SLLLinear(nn.Module):
     def lipschitz_bound(self) -> float:
         """Guaranteed ℓ2 Lipschitz constant: 1 (Araujo et al. 2023, Thm 3)."""
         return 1.0
+
+    def export(self) -> nn.Module:
+        """Plain torch ``x + Linear(relu(Linear(x)))`` as a ``torch.fx.GraphModule`` (Note [export])."""
+        b = None if self.bias is None else self.bias.detach()
+        return residual_linear(self.weight.detach(), b, self.output_weight().detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.linear(x, self.weight, self.bias))  # (*, inner)
@@ -177,6 +183,11 @@ class SLLConv2d(nn.Module):
     def lipschitz_bound(self) -> float:
         """Guaranteed ℓ2 Lipschitz constant: 1, for every input size (Araujo et al. 2023, Thm 3)."""
         return 1.0
+
+    def export(self) -> nn.Module:
+        """Plain torch ``x + Conv2d(relu(Conv2d(x)))`` as a ``torch.fx.GraphModule`` (Note [export])."""
+        b = None if self.bias is None else self.bias.detach()
+        return residual_conv(self.weight.detach(), b, self.output_weight().detach(), self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))  # (B, inner, H, W)
