@@ -314,6 +314,10 @@ def layer_bound(
             None,
             torch.as_tensor(b, dtype=torch.float64),
         )
+    from stabkit.layers import is_rescaled  # lazy: layers import nothing from here
+
+    if isinstance(module, (nn.Linear, *_CONVS)) and is_rescaled(module):  # a user's layer under spectral_rescale
+        return LayerBound(name, "rescaled", None, torch.ones((), dtype=torch.float64))
     if isinstance(module, nn.Linear):
         W = check_tensor(f"{label}.weight", module.weight)
         b = spectral_norm_upper(W) if method == "exact" else gram_iteration(W, n_iter=n_iter)

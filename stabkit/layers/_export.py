@@ -177,16 +177,22 @@ def export_plain(module: nn.Module) -> nn.Module:
         export = getattr(module, "export", None)
         if callable(export):
             return export().eval()
-        if parametrize.is_parametrized(module):  # a user's layer with stabkit parametrizations: bake them in
-            new = copy.deepcopy(module)
-            for name in list(new.parametrizations):
-                parametrize.remove_parametrizations(new, name, leave_parametrized=True)
-            return export_plain(new)
-        new = copy.copy(module)
-        new._modules = {name: None if c is None else export_plain(c) for name, c in module._modules.items()}
+        if parametrize.is_parametrized(module):  # a user's layer with parametrizations: its original class,
+            cls = parametrize.type_before_parametrizations(module)  # with the parametrized tensors baked in
+            new = cls.__new__(cls)
+            new.__dict__ = {k: copy.copy(v) for k, v in module.__dict__.items()}
+            baked = {name: getattr(module, name) for name in module.parametrizations}
+        else:
+            new = copy.copy(module)
+            baked = {}
+        new._modules = {
+            name: None if c is None else export_plain(c)
+            for name, c in module._modules.items()
+            if not baked or name != "parametrizations"
+        }
         new._parameters = {
             k: None if v is None else nn.Parameter(v.detach().clone(), v.requires_grad)
-            for k, v in module._parameters.items()
+            for k, v in {**module._parameters, **baked}.items()
         }
         new._buffers = {k: None if v is None else v.detach().clone() for k, v in module._buffers.items()}
         new.__dict__.pop("_bound_cache", None)
