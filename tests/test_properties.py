@@ -99,7 +99,7 @@ def build_layer(kind: str, c: int, inner: int, n_iter: int, k: int, dtype: torch
 KINDS = ("sr", "sll", "cpl", "srconv", "srconv_s2", "aolconv", "sllconv", "cplconv", "param_linear", "param_conv")
 
 
-@PROPS
+@settings(PROPS, max_examples=60)
 @given(
     kind=st.sampled_from(KINDS),
     c=st.integers(1, 4),
@@ -125,8 +125,11 @@ def test_every_layer_is_1_lipschitz_and_finite(kind, c, inner, n_iter, k, family
     out = layer(torch.cat([x, y])).detach()
     assert torch.isfinite(out).all(), (kind, family, log_scale)
     assert jac_norm(layer, x) <= 1 + tolerance(dtype), (kind, family, log_scale)
-    gap = torch.linalg.vector_norm((out[0] - out[1]).double()) / torch.linalg.vector_norm((x - y).double())
-    assert float(gap) <= 1 + tolerance(dtype)
+    # ‖f(x) − f(y)‖ ≤ ‖x − y‖, up to the rounding of the outputs themselves (a large bias is rounded at eps·|f|)
+    diff = float(torch.linalg.vector_norm((out[0] - out[1]).double()))
+    dist = float(torch.linalg.vector_norm((x - y).double()))
+    rounding = 4 * torch.finfo(dtype).eps * float(out.double().abs().sum())
+    assert diff <= dist * (1 + tolerance(dtype)) + rounding, (kind, family, log_scale, diff, dist)
     # the zero weight and every family also train: finite gradients
     layer.train()
     layer(x).pow(2).sum().backward()
@@ -170,7 +173,7 @@ def conv_module(draw, c_in: int) -> tuple[nn.Module, int]:
     ), c_out
 
 
-@PROPS
+@settings(PROPS, max_examples=40)
 @given(data=st.data(), method=st.sampled_from(["gram", "exact", "kernel_gram", "grid"]), seed=st.integers(0, 2**16))
 def test_network_bound_dominates_the_exact_jacobian_norm(data, method, seed):
     c0 = data.draw(st.integers(1, 3))
