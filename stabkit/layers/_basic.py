@@ -177,7 +177,7 @@ class LinearNormalized(nn.Module):
 
     Its own ℓ2 Lipschitz constant is ``‖Ŵ‖₂`` (≤ √out_features), given by :meth:`lipschitz_constant`; the LLN
     certificate uses instead ``(z_y − z_j)/‖ŵ_y − ŵ_j‖ > L_body·ε`` with the rows of :meth:`normalized_weight`
-    (THESIS.md §2).
+    (thesis, arXiv:2510.25282, ch. 2).
 
     Args:
         in_features: size of the input features.

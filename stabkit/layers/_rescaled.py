@@ -28,8 +28,8 @@ class SRLinear(nn.Module):
     normalisation) at the cost of ``n_iter − 1`` products of (in × in) matrices per step.
 
     We rescale the input side (columns of W), as AOL does, so that ``n_iter = 1`` equals :class:`AOLLinear`
-    exactly; THESIS.md §4.2 writes the same construction on the output side (``diag(1/t) W`` from ``WWᵀ``),
-    which is this layer applied to ``Wᵀ``. Both satisfy the same guarantee.
+    exactly; the thesis (arXiv:2510.25282, ch. 4) writes the same construction on the output side
+    (``diag(1/t) W`` from ``WWᵀ``), which is this layer applied to ``Wᵀ``. Both satisfy the same guarantee.
 
     Args:
         in_features: size of each input sample.

@@ -1,7 +1,8 @@
 """SDP-based Lipschitz layers (SLL): residual layers ``x − 2 Aᵀ T⁻¹ relu(A x + b)`` with ``AAᵀ ⪯ T``.
 
 With ``n_iter > 1`` the diagonal T comes from a Gram power (Note [Gram bound] in ``_common.py``): this is the
-residual Spectral-Rescaling variant with learnable q of THESIS.md §4.2, and ``n_iter = 1`` is SLL itself.
+residual Spectral-Rescaling variant with learnable q of the thesis (arXiv:2510.25282, ch. 4), and ``n_iter = 1``
+is SLL itself.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ class SLLLinear(nn.Module):
     ``A`` (inner_features × features) is the learned weight and ``T = diag(t)`` with the weighted Gershgorin
     bound ``t_i = Σ_j |AAᵀ|_ij q_j / q_i`` (``q = exp(log_q)`` learned), which satisfies ``AAᵀ ⪯ T``; Araujo
     et al. (2023, Thm 3) show that then ``h`` is 1-Lipschitz for any slope-restricted activation in [0, 1]
-    (ReLU here). ``n_iter > 1`` uses the Gram power ``(AAᵀ)^(2^(n_iter−1))`` for a tighter T (THESIS.md
-    §4.2, residual SR).
+    (ReLU here). ``n_iter > 1`` uses the Gram power ``(AAᵀ)^(2^(n_iter−1))`` for a tighter T (the
+    thesis' residual SR, arXiv:2510.25282 ch. 4).
 
     Args:
         features: width of the input and the output.
@@ -120,7 +121,7 @@ class SLLConv2d(nn.Module):
         inner_channels: channels of the hidden pre-activation (default: ``channels``).
         kernel_size: odd int or pair of odd ints.
         bias: whether to learn the inner bias.
-        n_iter: Gram-power steps (1 = SLL; ``> 1`` = residual SR of THESIS.md §4.2).
+        n_iter: Gram-power steps (1 = SLL; ``> 1`` = residual SR, thesis arXiv:2510.25282 ch. 4).
         generator: random generator for the initialisation (``None`` = seeded 0).
 
     Shape:
