@@ -115,7 +115,7 @@ def soundness_audit(
     cap = float(finite_radius.max()) * 10 + 1.0 if bool(certified.any()) else 1.0
     budget = torch.where(torch.isfinite(radius), radius, torch.full_like(radius, cap)) * (1.0 - rtol)
     budget = torch.where(certified, budget, torch.zeros_like(budget)).to(x.dtype)
-    n_targets = min(check_positive_int("n_targets", n_targets, minimum=0), _n_classes(model, x) - 1)
+    n_targets = min(check_positive_int("n_targets", n_targets, minimum=0), _num_classes(model, x) - 1)
     for idx in torch.arange(x.shape[0], device=x.device).split(batch_size):
         res = pgd_l2(
             model,
@@ -143,7 +143,7 @@ def soundness_audit(
 
 
 @torch.no_grad()
-def _n_classes(model: nn.Module, x: torch.Tensor) -> int:
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
     was_training = model.training
     model.eval()
     try:
