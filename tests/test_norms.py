@@ -53,8 +53,11 @@ def test_dense_reference_values(w500):
     assert float(sigma) == pytest.approx(svd_norm(w500), rel=1e-12)
     errors = [73.853, 21.164, 6.861, 2.142, 0.5405, 0.07468, 2.798e-3, 1.006e-5, 4.00e-10]
     for T, err in enumerate(errors, start=1):
-        assert float(gram_iteration(w500, n_iter=T) - sigma) == pytest.approx(err, rel=2e-3)
-    assert abs(float(gram_iteration(w500, n_iter=10) - sigma)) < 1e-12
+        # abs: the certified rounding margin (Note [certified rounding]) adds ~2e-10 in float64
+        assert float(gram_iteration(w500, n_iter=T) - sigma) == pytest.approx(err, rel=2e-3, abs=5e-10)
+    assert (
+        abs(float(gram_iteration(w500, n_iter=10) - sigma)) < 1e-9
+    )  # the certified rounding margin (float64: ~1e-11 relative)
 
 
 def test_power_iteration_converges_from_below(w500):
@@ -75,7 +78,7 @@ def test_gram_iteration_matches_closed_form():
     for T in range(6):
         p = 2 ** (T + 1)
         ref = (s / s[0]).pow(p).sum().pow(1 / p) * s[0]
-        assert float(gram_iteration(W, n_iter=T)) == pytest.approx(float(ref), rel=1e-12)
+        assert float(gram_iteration(W, n_iter=T)) == pytest.approx(float(ref), rel=1e-10)
 
 
 # ------------------------------------------------------------------------------------------- dense:
@@ -106,18 +109,18 @@ def test_upper_bound_property_and_monotone():
         for T in range(8):
             b = float(gram_iteration(W, n_iter=T) / sigma)
             assert b >= 1 - 1e-12, name
-            assert b <= rank ** (0.5 ** (T + 1)) * (1 + 1e-12), name
-            assert b <= prev * (1 + 1e-12), name
+            assert b <= rank ** (0.5 ** (T + 1)) * (1 + 1e-10), name
+            assert b <= prev * (1 + 1e-10), name
             prev = b
         if name.startswith("rank1"):
-            assert float(gram_iteration(W, n_iter=0) / sigma) == pytest.approx(1, rel=1e-12)
+            assert float(gram_iteration(W, n_iter=0) / sigma) == pytest.approx(1, rel=1e-10)
 
 
 def test_flat_spectrum_bound_is_rank_power():
     """Orthogonal W: all σ_i = 1, so the bound is exactly rank^(2^-(T+1)) (documented worst case)."""
     q, _ = torch.linalg.qr(torch.randn(64, 64, dtype=torch.float64, generator=gen(4)))
     for T in range(6):
-        assert float(gram_iteration(q, n_iter=T)) == pytest.approx(64 ** (0.5 ** (T + 1)), rel=1e-12)
+        assert float(gram_iteration(q, n_iter=T)) == pytest.approx(64 ** (0.5 ** (T + 1)), rel=1e-10)
 
 
 @pytest.mark.parametrize(
@@ -180,7 +183,7 @@ def test_interval_brackets_truth_and_stops_at_tol(w500):
         assert b.n_iter < 20
     full = gram_iteration_bounds(w500, n_iter=6)
     assert full.n_iter == 6
-    assert float(full.upper) == pytest.approx(float(gram_iteration(w500, n_iter=6)), rel=1e-12)
+    assert float(full.upper) == pytest.approx(float(gram_iteration(w500, n_iter=6)), rel=1e-10)
 
 
 def test_interval_property_over_draws():
