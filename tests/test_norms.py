@@ -490,8 +490,8 @@ def test_float32_bounds_are_rounded_up():
 
 
 def test_conv_grid_bound_rejects_bad_input():
-    with pytest.raises(ValueError, match="n_eval"):
-        conv_grid_bound(torch.zeros(2, 2, 5, 5), n_eval=5)
+    with pytest.raises(ValueError, match="n_samples"):
+        conv_grid_bound(torch.zeros(2, 2, 5, 5), n_samples=5)
     with pytest.raises(ValueError, match="NaN"):
         spectral_norm_upper(torch.full((2, 2), float("nan")))
 

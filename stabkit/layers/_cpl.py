@@ -247,7 +247,7 @@ class CPLConv2d(_CPLBase):
         return F.conv2d(self._circular(v), w.transpose(0, 1).flip(2, 3))
 
     def _norm_bound(self, w: torch.Tensor) -> torch.Tensor:
-        return conv_grid_bound(w, n_eval=self.n_eval)
+        return conv_grid_bound(w, n_samples=self.n_eval)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))  # (B, inner, H, W)

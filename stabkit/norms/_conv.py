@@ -27,15 +27,15 @@ import torch.nn.functional as F
 
 from stabkit._checks import check_positive_float, check_positive_int, resolve_generator
 from stabkit.norms._dense import (
+    _F64_SLACK,
     SpectralBounds,
-    _fro,
     _bounds_loop,
     _f64,
+    _fro,
     _gamma,
-    _GramIterationExplicit,
     _gram_upper64,
+    _GramIterationExplicit,
     _prepare,
-    _F64_SLACK,
     _round_up,
     _safe_fro64,
     _safe_sqrt,
