@@ -508,3 +508,163 @@ def test_kernel_gram_iteration_equals_the_sll_sr_rescaling_bound():
             # kernel_gram_iteration works on the larger side (it transposes so that c_in ≤ c_out)
             t = conv_gram_bound(k if shape[0] >= shape[1] else k.transpose(0, 1), n_iter=n_iter)  # KKᵀ ⪯ diag(t)
             torch.testing.assert_close(kernel_gram_iteration(k, n_iter=n_iter), t.max().sqrt(), rtol=1e-9, atol=0)
+
+
+# ---- regression tests of RELIABILITY.md D5, D9, D11, D12 and Hypothesis properties ----
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from stabkit.norms import spectral_norm_bound  # noqa: E402
+
+
+def _family(kind, m, n, g):
+    """Adversarial weight families: Gaussian, flat spectrum, near-degenerate top pair, rank one, one-hot."""
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    if kind == "gauss":
+        return W
+    U, _, Vh = torch.linalg.svd(W, full_matrices=False)
+    r = min(m, n)
+    s = {
+        "flat": torch.ones(r, dtype=torch.float64),
+        "gap": torch.cat([torch.tensor([1.0, 1.0 - 1e-4]), torch.linspace(0.5, 0.1, max(r - 2, 0))])[:r].double(),
+        "rank1": torch.cat([torch.ones(1), torch.zeros(r - 1)]).double(),
+    }.get(kind)
+    if s is None:  # one-hot
+        W = torch.zeros(m, n, dtype=torch.float64)
+        W[0, 0] = 1.0
+        return W
+    return (U * s) @ Vh
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=st.sampled_from(["gauss", "flat", "gap", "rank1", "onehot"]),
+    m=st.integers(1, 24),
+    n=st.integers(1, 24),
+    log_scale=st.floats(-30, 30),
+    n_iter=st.integers(0, 10),
+    seed=st.integers(0, 2**16),
+)
+def test_property_dense_bounds_never_below_float64_truth(kind, m, n, log_scale, n_iter, seed):
+    W64 = _family(kind, m, n, gen(seed)) * 10.0**log_scale
+    exact = svd_norm(W64)
+    W32 = W64.float()
+    exact32 = svd_norm(W32.double())  # the float32 matrix's own norm (the cast changed W)
+    for eb in (False, True):
+        assert float(gram_iteration(W32, n_iter=n_iter, explicit_backward=eb)) >= exact32
+        assert float(gram_iteration(W64, n_iter=n_iter, explicit_backward=eb)) >= exact
+    b = gram_iteration_bounds(W32, n_iter=n_iter)
+    assert float(b.lower) <= exact32 <= float(b.upper)
+    assert float(spectral_norm_upper(W32)) >= exact32
+    nb = spectral_norm_bound(W32, rtol=1e-2)
+    assert float(nb.lower) <= exact32 <= float(nb.upper)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    c_out=st.integers(1, 5),
+    c_in=st.integers(1, 5),
+    k=st.sampled_from([1, 2, 3, 5]),
+    n=st.integers(3, 9),
+    log_scale=st.floats(-20, 20),
+    onehot=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_property_conv_bounds_never_below_float64_truth(c_out, c_in, k, n, log_scale, onehot, seed):
+    K = torch.randn(c_out, c_in, k, k, generator=gen(seed), dtype=torch.float64)
+    if onehot:
+        K = torch.zeros_like(K)
+        K[0, 0, 0, 0] = 1.0
+    K32 = (K * 10.0**log_scale).float()
+    K64 = K32.double()
+    circ = float(conv_spectral_norm_exact(K64, n))
+    sup = svd_norm(conv_matrix(K64, n, padding="zero"))  # an instance of the zero-padded operator
+    for T in (0, 2, 5):
+        assert float(conv_gram_iteration(K32, n, n_iter=T)) >= circ
+        assert float(conv_gram_iteration(K32, n, n_iter=T, explicit_backward=True)) >= circ
+    assert float(conv_gram_iteration_bounds(K32, n, n_iter=6).lower) <= circ
+    for T in (1, 3):
+        assert float(kernel_gram_iteration(K32, n_iter=T)) >= max(sup, circ)
+    assert float(conv_lipgrid(K32, n_samples=max(8, 2 * k))) >= max(sup, circ)
+    assert float(conv_grid_bound(K32, n_samples=max(8, 4 * k))) >= max(sup, circ)
+    assert float(conv_fantastic_four(K32, certified=True)) >= max(sup, circ)
+    assert float(spectral_norm_bound(K32, n, rtol=1e-3).upper) >= circ
+
+
+def test_d5_finite_gradients_at_zero_weight():
+    Z = torch.zeros(5, 4, dtype=torch.float64, requires_grad=True)
+    Zk = torch.zeros(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    fns = [
+        (Z, lambda w: gram_iteration(w, n_iter=6)),
+        (Z, lambda w: gram_iteration(w, n_iter=6, explicit_backward=True)),
+        (Zk, lambda k: conv_gram_iteration(k, 6)),
+        (Zk, lambda k: conv_gram_iteration(k, 6, explicit_backward=True)),
+        (Zk, lambda k: kernel_gram_iteration(k, n_iter=4)),
+    ]
+    for x, f in fns:
+        value = f(x)
+        (grad,) = torch.autograd.grad(value, x)
+        assert float(value.detach()) == 0.0
+        assert bool(torch.isfinite(grad).all()) and float(grad.abs().max()) == 0.0
+
+
+def test_conv_explicit_backward_gradcheck(k8):
+    K = k8[:3, :2].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda k: conv_gram_iteration(k, 5, n_iter=3, explicit_backward=True), (K,))
+
+
+def test_d9_float32_extreme_scale_reproducer():
+    W = torch.randn(30, 20, generator=gen(20)) * 1e-25
+    assert gram_iteration(W, n_iter=10).double().item() >= svd_norm(W.double())
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        gram_iteration,
+        spectral_norm_upper,
+        spectral_norm_bound,
+        lambda w: conv_grid_bound(w.reshape(1, 1, *w.shape)),
+        lambda w: kernel_gram_iteration(w.reshape(1, 1, *w.shape)),
+    ],
+)
+def test_d11_empty_and_integer_inputs_are_clear_errors(f):
+    with pytest.raises(ValueError, match="empty"):
+        f(torch.zeros(0, 3))
+    for dtype in (torch.int64, torch.bool):
+        with pytest.raises(ValueError, match="dtype"):
+            f(torch.ones(3, 3, dtype=dtype))
+
+
+def test_d11_conv_grid_bound_tiny_and_huge_float64():
+    k = torch.randn(3, 2, 3, 3, generator=gen(3), dtype=torch.float64)
+    ref = float(conv_grid_bound(k))
+    for scale in (1e-200, 1e200):
+        b = float(conv_grid_bound(k * scale))
+        assert math.isfinite(b) and b / scale == pytest.approx(ref, rel=1e-12)
+        assert b >= float(conv_spectral_norm_exact(k * scale, 16))
+
+
+def test_d12_fantastic_four_default_is_an_estimate_certified_is_a_bound():
+    # 1×1 kernel with σ1/σ2 = 1.0007: power iteration approaches σ1 from below
+    U, _, Vh = torch.linalg.svd(torch.randn(16, 16, generator=gen(1), dtype=torch.float64))
+    s = torch.linspace(1.0, 0.2, 16, dtype=torch.float64)
+    s[1] = 1.0 / 1.0007
+    K = ((U * s) @ Vh).reshape(16, 16, 1, 1)
+    exact = float(conv_spectral_norm_exact(K, 4))
+    assert float(conv_fantastic_four(K, n_iter=5)) < exact  # the paper's estimate can be below
+    assert float(conv_fantastic_four(K, certified=True)) >= exact
+
+
+def test_spectral_norm_bound_methods_and_precision():
+    W = torch.randn(40, 30, generator=gen(2))
+    exact = svd_norm(W.double())
+    for method in ("auto", "exact", "gram"):
+        for rtol in (1e-2, 1e-5):
+            b = spectral_norm_bound(W, method=method, rtol=rtol)
+            assert float(b.lower) <= exact <= float(b.upper)
+            if b.method == "exact" or method != "gram":
+                assert float(b.upper) <= exact * (1 + rtol)
+    assert spectral_norm_bound(W, method="exact").method == "exact"
+    with pytest.raises(ValueError, match="method"):
+        spectral_norm_bound(W, method="svd")
