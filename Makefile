@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 LINT_PATHS := stabkit tests benchmarks notebooks conftest.py
 
-.PHONY: help install reproduce test lint notebooks lab clean
+.PHONY: help install reproduce test lint notebooks lab clean gpu-check
 
 help:
 	@echo "make reproduce [SCALE=ci|full] [DEVICE=cpu|cuda] [ONLY='id ...']  regenerate figures/"
@@ -46,6 +46,10 @@ notebooks: $(STAMP)
 lab: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[lab]"
 	$(VENV)/bin/jupyter lab notebooks/
+
+# every benchmark and the GPU-timed manifest entries on one CUDA GPU; SMOKE=1: tiny CPU run of the benchmarks
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(if $(SMOKE),--smoke)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

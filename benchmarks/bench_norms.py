@@ -40,7 +40,7 @@ def timeit(fn, *, min_runs=3, max_seconds=2.0):
     minutes on a shared 2-core machine).
     """
     t0 = time.perf_counter()
-    value = float(fn())
+    value = float(fn())  # float() synchronises a CUDA device (the value is copied to the host)
     if time.perf_counter() - t0 > max_seconds:
         min_runs = 1
     times = []
@@ -100,8 +100,8 @@ def print_table(rows, columns):
     sys.stdout.flush()
 
 
-def conv_rows(c, n, g, lip4conv):
-    K = torch.randn(c, c, 3, 3, generator=g)
+def conv_rows(c, n, g, lip4conv, device="cpu"):
+    K = torch.randn(c, c, 3, 3, generator=g).to(device)
     exact = float(norms.conv_spectral_norm_exact(K.double(), n))  # float64 truth
     methods = {
         "ref: fft2+svd (Sedghi)": ("baseline", True, lambda: fft2_svd(K, n)),
@@ -117,6 +117,12 @@ def conv_rows(c, n, g, lip4conv):
             "ours",
             True,
             lambda tol=tol: norms.conv_gram_iteration_bounds(K, n, n_iter=12, tol=tol).upper,
+        )
+    for tol in LEVELS:
+        methods[f"stabkit auto rtol={tol:g}"] = (
+            "auto",
+            True,
+            lambda tol=tol: norms.spectral_norm_bound(K, n, rtol=tol).upper,
         )
     if lip4conv is not None:
         methods["lip4conv Gram iteration 6"] = (
@@ -136,6 +142,28 @@ def conv_rows(c, n, g, lip4conv):
     for r in rows:
         r["ratio"] = r["t"] / t_ref
     return rows
+
+
+def auto_summary(rows, key):
+    """Per precision level: the method auto chose (its time) against the fastest certified stabkit method reaching
+    that precision (target ratio ≤ 1.1)."""
+    out = []
+    for level in LEVELS:
+        auto = [r for r in rows if r["method"] == f"stabkit auto rtol={level:g}"]
+        ours = [r for r in rows if r["who"] == "ours" and r["upper"] and 0 <= r["err"] <= level]
+        if not auto or not ours:
+            continue
+        best = min(ours, key=lambda r: r["t"])
+        out.append(
+            {
+                **key,
+                "level": f"{level:g}",
+                "auto ms": f"{auto[0]['t'] * 1e3:.2f}",
+                "fastest certified": f"{best['method']} {best['t'] * 1e3:.2f} ms",
+                "auto / fastest": f"{auto[0]['t'] / best['t']:.2f}",
+            }
+        )
+    return out
 
 
 def precision_summary(rows, key):
@@ -177,6 +205,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="the whole grid of issue 6 (long on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="torch device (cuda: timings include synchronisation)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the script runs (seconds)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -185,19 +215,26 @@ def main():
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32 inputs, medians of ≥ 3 runs")
     lip4conv = load_lip4conv()
 
-    if args.full:
+    if args.smoke:
+        grid = [(4, 8)]
+    elif args.full:
         grid = [(c, n) for c in (16, 64, 256, 512) for n in (8, 16, 32)]
     else:
         grid = [(16, 8), (16, 32), (64, 8), (64, 16), (64, 32), (256, 8)]
-    all_rows, summary = [], []
+    all_rows, summary, autos = [], [], []
     for c, n in grid:
-        rows = conv_rows(c, n, g, lip4conv)
+        rows = conv_rows(c, n, g, lip4conv, args.device)
         all_rows += rows
         summary += precision_summary(rows, {"c": c, "n": n})
+        autos += auto_summary(rows, {"c": c, "n": n, "device": args.device})
     print("\n## Circular convolutions, k = 3 (err = (value − exact)/exact; ratio = time / fft2+svd reference)")
     print_table(fmt(all_rows), ["c", "n", "method", "value", "err", "time ms", "ratio"])
     print("\n## Fastest certified stabkit bound vs fastest baseline at each precision")
     print_table(summary, ["c", "n", "level", "stabkit fastest", "baseline fastest", "ratio ours/base"])
+    print("\n## spectral_norm_bound(method='auto') against the fastest certified stabkit method (target ≤ 1.1)")
+    print_table(autos, ["c", "n", "device", "level", "auto ms", "fastest certified", "auto / fastest"])
+    if args.smoke:
+        return
 
     dense_rows, dense_summary = [], []
     for m in (256, 1024, 2048):
