@@ -668,3 +668,27 @@ def test_spectral_norm_bound_methods_and_precision():
     assert spectral_norm_bound(W, method="exact").method == "exact"
     with pytest.raises(ValueError, match="method"):
         spectral_norm_bound(W, method="svd")
+
+
+def test_norms_docstrings_have_no_orphan_fragments_or_internal_references():
+    """A formatter once re-wrapped these docstrings into orphan fragments ("the top", "(loose)"); and docstrings
+    cite papers by arXiv id, never the build spec or issue numbers."""
+    import ast
+    import pathlib
+
+    import stabkit.norms
+
+    folder = pathlib.Path(stabkit.norms.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef))]
+        for node in nodes:
+            doc = ast.get_docstring(node, clean=True)
+            if not doc:
+                continue
+            assert "THESIS" not in doc and "issue " not in doc, (path.name, getattr(node, "name", "module"))
+            lines = doc.split("\n")
+            for prev, line, nxt in zip(lines, lines[1:], lines[2:], strict=False):
+                s = line.strip()
+                orphan = 0 < len(s) < 30 and len(prev.strip()) > 90 and nxt.strip() and not s.endswith((".", ":"))
+                assert not orphan, f"{path.name}: orphan docstring fragment {s!r}"

@@ -1,20 +1,17 @@
-"""Spectral norms of 2-D convolutions: circular padding via the DFT, zero padding via the kernel, and
-baselines.
+"""Spectral norms of 2-D convolutions: circular padding via the DFT, zero padding via the kernel, and baselines.
 
-Conventions. A kernel has shape (c_out, c_in, kh, kw) and acts like ``torch.nn.functional.conv2d`` (cross-
-correlation). ``input_size`` is the spatial size n (int) or (h, w) of the layer's input. With circular
-padding the
-operator is the same whatever the padding offset (a circular shift does not change singular values); with zero
-padding, ``pad`` zeros are added on each side (default ``(k - 1) // 2``, the usual "same" padding for odd k).
+Conventions. A kernel has shape (c_out, c_in, kh, kw) and acts like ``torch.nn.functional.conv2d``
+(cross-correlation). ``input_size`` is the spatial size n (int) or (h, w) of the layer's input. With circular
+padding the operator is the same whatever the padding offset (a circular shift does not change singular values);
+with zero padding, ``pad`` zeros are added on each side (default ``(k - 1) // 2``, the usual "same" padding for
+odd k).
 
 Note [strides]
 --------------
-A stride-s circular convolution on n×n inputs (s dividing n) keeps one output in s per axis. In the unitary
-DFT
+A stride-s circular convolution on n×n inputs (s dividing n) keeps one output in s per axis. In the unitary DFT
 basis the subsampling folds the s² frequencies ω' + (a, b)·n/s onto ω', so the operator is block-diagonal with
 (n/s)² blocks of size c_out × (c_in·s²): ``[K̂(ω' + a n/s, ω' + b n/s)]_(a,b) / s``. The functions with a
-``stride`` argument use this exact formulation. Every other bound here is for stride 1; it remains a valid
-(loose)
+``stride`` argument use this exact formulation. Every other bound here is for stride 1; it remains a valid (loose)
 upper bound for a strided layer, since subsampling has norm ≤ 1.
 """
 
@@ -163,13 +160,12 @@ def _dft_blocks_certified(
 def conv_spectral_norm_exact(
     kernel: torch.Tensor, input_size: int | tuple[int, int], *, stride: int | tuple[int, int] = 1
 ) -> torch.Tensor:
-    """Exact spectral norm of a circular-padding convolution (FFT, then the largest eigenvalue of each Gram
-    block).
+    """Exact spectral norm of a circular-padding convolution (FFT, then the top eigenvalue of each Gram block).
 
     The DFT block-diagonalises the convolution (Sedghi et al. 2019); we take ``rfft2`` (half the blocks, real
-    kernels) and ``eigvalsh`` of the smaller Gram matrix of each block instead of an SVD of every block:
-    the top
-    eigenvalue of KᴴK is as accurate as σ1² (relative rounding of the dtype) and much cheaper.
+    kernels) and ``eigvalsh`` of the smaller Gram matrix of each block instead of an SVD of every block: the top
+    eigenvalue of KᴴK is as accurate as σ1² (relative rounding of the dtype) and much cheaper. Exact up to
+    rounding; :func:`~stabkit.norms.spectral_norm_bound` with ``method="exact"`` gives a certified upper bound.
 
     Args:
         kernel: real kernel (c_out, c_in, kh, kw); kernels larger than the input are wrapped around the torus.
@@ -180,10 +176,12 @@ def conv_spectral_norm_exact(
         σ1 of the circular convolution on h×w inputs, a 0-dim tensor.
 
     Raises:
-        ValueError: bad kernel shape/dtype, NaN/inf, non-positive size, stride not dividing the size.
+        ValueError: bad kernel shape/dtype, empty or NaN/inf kernel, non-positive size, stride not dividing the
+            size.
 
     References:
-        Sedghi, Gupta, Long, "The Singular Values of Convolutional Layers", ICLR 2019; thesis chapter 3.
+        Sedghi, Gupta, Long, "The Singular Values of Convolutional Layers", ICLR 2019 (arXiv:1805.10408),
+        Theorem 6; thesis (arXiv:2510.25282), chapter 3.
     """
     kernel = _check_kernel(kernel)
     size = _pair("input_size", input_size)
@@ -367,7 +365,7 @@ def conv_matrix(
         input_size: spatial size n or (h, w) of the input.
         padding: ``"zero"`` or ``"circular"``.
         pad: zeros per side for zero padding (int or (ph, pw)); default ``(k - 1) // 2``. Ignored for
-        circular.
+            circular padding.
         stride: stride of the convolution. For circular padding it must divide the input size.
 
     Returns:
@@ -403,10 +401,9 @@ def conv_power_iteration(
 ) -> torch.Tensor:
     """Power iteration with the convolution and its adjoint on an h×w input: a lower estimate of σ1.
 
-    Returns ``‖A v‖`` for a unit input v, which never exceeds σ1 (converges from below, linearly). The
-    adjoint is
-    written out (``conv_transpose2d`` and the transpose of the padding) for any kernel size, padding and
-    stride (peers hard-code padding 1, which is right only for 3×3 kernels).
+    Returns ``‖A v‖`` for a unit input v, which never exceeds σ1 up to rounding (converges from below,
+    linearly). The adjoint is written out (``conv_transpose2d`` and the transpose of the padding) for any kernel
+    size, padding and stride (peers hard-code padding 1, which is right only for 3×3 kernels).
 
     Args:
         kernel: real kernel (c_out, c_in, kh, kw).
@@ -414,7 +411,7 @@ def conv_power_iteration(
         padding: ``"zero"`` or ``"circular"``.
         pad: zeros per side for zero padding, default ``(k - 1) // 2``.
         stride: stride of the convolution.
-        n_iter: number of iterations (100 is the zero-padding reference of the thesis).
+        n_iter: number of iterations (100 is the zero-padding reference of the thesis, arXiv:2510.25282).
         generator: source of the random start; ``None`` = fresh generator seeded 0.
 
     Returns:
@@ -424,9 +421,9 @@ def conv_power_iteration(
         ValueError: bad arguments.
 
     References:
-        Ryu et al., "Plug-and-Play Methods Provably Converge with Properly Trained Denoisers", ICML 2019;
-        Farnia et
-        al. ICLR 2019; thesis chapter 3.
+        Ryu et al., "Plug-and-Play Methods Provably Converge with Properly Trained Denoisers", ICML 2019
+        (arXiv:1905.05406); Farnia, Zhang, Tse, "Generalizable Adversarial Training via Spectral
+        Normalization", ICLR 2019 (arXiv:1811.07457); thesis (arXiv:2510.25282), chapter 3.
     """
     kernel = _check_kernel(kernel)
     size = _pair("input_size", input_size)
@@ -449,11 +446,11 @@ def conv_lipgrid(kernel: torch.Tensor, *, n_samples: int = 50) -> torch.Tensor:
     """LipGrid: max of ‖K̂(ω)‖_F over an n_s×n_s frequency grid, corrected for the grid: an upper bound.
 
     Bounds ``sup_ω σ1(K̂(ω))`` (hence both zero and circular padding, any input size) by ``sup_ω ‖K̂(ω)‖_F``,
-    evaluated on ``n_samples`` equispaced frequencies per axis and multiplied by ``1 / (1 − (k − 1)/n_s)``
-    to cover
-    the frequencies between grid points (Araujo et al. 2021, Theorem on trigonometric polynomials; k = the
-    larger
-    kernel side). The Frobenius norm makes it loose for many channels.
+    evaluated on ``n_samples`` equispaced frequencies per axis and multiplied by ``1 / (1 − (k − 1)/n_s)`` to
+    cover the frequencies between grid points (Araujo et al. 2021, theorem on trigonometric polynomials; k = the
+    larger kernel side). The grid values come from a direct DFT whose rounding is bounded and added, and the
+    result is rounded up, so it is certified in float32 too. The Frobenius norm makes it loose for many
+    channels.
 
     Args:
         kernel: real kernel (c_out, c_in, kh, kw).
@@ -467,8 +464,7 @@ def conv_lipgrid(kernel: torch.Tensor, *, n_samples: int = 50) -> torch.Tensor:
 
     References:
         Araujo, Negrevergne, Chevaleyre, Atif, "On Lipschitz Regularization of Convolutional Layers using
-        Toeplitz
-        Matrix Theory", AAAI 2021; thesis chapter 3.
+        Toeplitz Matrix Theory", AAAI 2021 (arXiv:2006.08391); thesis (arXiv:2510.25282), chapter 3.
     """
     kernel = _check_kernel(kernel)
     n_samples = check_positive_int("n_samples", n_samples)
