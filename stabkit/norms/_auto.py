@@ -25,9 +25,11 @@ class NormBound(NamedTuple):
     n_iter: int
 
 
-# Gram iterations worth trying before the exact method is cheaper (matrix products are fast on every device, an
-# SVD / eigvalsh costs ~10–20 products on CPU and far more on GPU, where it is not parallel).
-_BUDGET = {"cpu": 6, "cuda": 14}
+# Gram iterations worth trying before the exact method is cheaper. On CPU the float64 exact method (one small
+# eigvalsh / SVD per block, LAPACK) beat the certified Gram iteration at every benchmark size of bench_norms.py
+# (convolutions 16–256 channels, n 8–32): the budget is 0 there. On GPU a batched eigvalsh / SVD is slow and
+# matrix products fast, so Gram iteration is tried first.
+_BUDGET = {"cpu": 0, "cuda": 14}
 # float32 Gram iteration carries a rounding margin (Note [certified rounding]); below this rtol use float64
 _F32_RTOL_FLOOR = 1e-3
 
@@ -72,9 +74,11 @@ def spectral_norm_bound(
     certified interval (it stops once ``upper − lower ≤ rtol · upper``) for as many iterations as cost less than
     the exact method on this device, and falls back to the exact method (float64 SVD, or rfft2 + eigvalsh of the
     DFT blocks, with a rounding slack) when that budget is spent. Gram iteration in float32 carries a rounding
-    margin of up to ~1e−3 relative (Note [certified rounding] in ``_dense.py``), so a float32 ``rtol`` below
-    1e−3 is computed in float64. ``"exact"`` and ``"gram"`` force one method. For zero padding bound the circular
-    convolution on ``n + 2·pad`` inputs, or use :func:`~stabkit.norms.conv_grid_bound` (every input size).
+    margin of up to ~1e−3 relative (Note [certified rounding] in ``_dense.py``), so a float32 ``rtol`` below 1e−3
+    is computed in float64. ``"exact"`` and ``"gram"`` force one method. The budget (0 on CPU, 14 iterations on
+    CUDA) comes from ``benchmarks/bench_norms.py``, which prints the time of every method next to the one
+    ``auto`` chose. For zero padding, bound the circular convolution on ``n + 2·pad`` inputs, or use
+    :func:`~stabkit.norms.conv_grid_bound` (every input size).
 
     Args:
         weight: matrix batch (..., m, n), or real kernel (c_out, c_in, kh, kw) when ``input_size`` is given.
@@ -114,8 +118,8 @@ def spectral_norm_bound(
     dev = weight.device.type if weight.device.type in _BUDGET else "cuda"
     if max_iter is None:
         max_iter = _BUDGET[dev] if method == "auto" else 20
-    max_iter = check_positive_int("max_iter", max_iter)
-    if method == "exact":
+    max_iter = check_positive_int("max_iter", max_iter, minimum=0 if method == "auto" else 1)
+    if method == "exact" or max_iter == 0:
         up, lo = _exact_conv(weight, size, stride) if conv else _exact_dense(weight)
         return NormBound(up, lo, "exact", 0)
     w = weight
