@@ -381,7 +381,8 @@ def _burn(seconds):  # pragma: no cover - runs in a child process
 
 def load_table(g, args):
     """The exact circular norm and the FFT+SVD reference with and without a concurrent CPU load (a process per
-    core doing matmuls), at torch's default threads and at 1 thread: how much each degrades when the CPU is shared."""
+    core doing matmuls), with one torch thread per core and with 1 thread: how much each degrades when the CPU is
+    shared (a parallel region waits for its slowest thread, so oversubscribed threads stall every small op)."""
     if args.device != "cpu":
         return
     import multiprocessing as mp
@@ -404,7 +405,7 @@ def load_table(g, args):
                 p.start()
             time.sleep(1.0)
         try:
-            for threads in sorted({threads0, 1}):
+            for threads in sorted({os.cpu_count() or 1, 1}):
                 torch.set_num_threads(threads)
                 for name, fn in fns.items():
                     t, _ = timeit(fn, min_runs=3, max_seconds=1.0)

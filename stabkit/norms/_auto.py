@@ -8,7 +8,15 @@ import torch
 
 from stabkit._checks import check_positive_float, check_positive_int
 from stabkit.norms._conv import _check_kernel, _check_stride, _pair, conv_gram_iteration_bounds
-from stabkit.norms._dense import _f64, _max_abs_scale, _prepare, _round_up, _tall, gram_iteration_bounds
+from stabkit.norms._dense import (
+    _batched_lapack,
+    _f64,
+    _max_abs_scale,
+    _prepare,
+    _round_up,
+    _tall,
+    gram_iteration_bounds,
+)
 from stabkit.norms._grid import _SVD_SLACK
 
 __all__ = ["NormBound", "spectral_norm_bound"]
@@ -43,7 +51,8 @@ def _round_down(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _exact_dense(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     s = _max_abs_scale(W).to(torch.float64).squeeze(-1).squeeze(-1)
-    sigma = torch.linalg.matrix_norm(_f64(W) / s[..., None, None], ord=2) * s
+    with _batched_lapack(W):  # Note [shared CPU] in _dense.py
+        sigma = torch.linalg.matrix_norm(_f64(W) / s[..., None, None], ord=2) * s
     return _round_up(sigma * _SVD_SLACK, W.dtype), _round_down(sigma / _SVD_SLACK, W.dtype)
 
 
@@ -53,8 +62,10 @@ def _exact_conv(kernel: torch.Tensor, size, stride) -> tuple[torch.Tensor, torch
     k = kernel.detach().to(torch.float64)
     s = k.abs().amax()
     s = torch.where(s > 0, s, torch.ones_like(s))
-    B = _tall(_dft_blocks(k / s, size, stride))  # float64 FFT: its rounding (≲ 1e−13 relative) is in the slack
-    sigma = torch.linalg.eigvalsh(B.mH @ B)[..., -1].amax().clamp_min(0).sqrt() * s
+    B = _tall(_dft_blocks(k / s, size, stride)).contiguous()  # float64 FFT: rounding ≲ 1e−13, in the slack
+    G = B.mH @ B
+    with _batched_lapack(G):  # Note [shared CPU] in _dense.py
+        sigma = torch.linalg.eigvalsh(G)[..., -1].amax().clamp_min(0).sqrt() * s
     return _round_up(sigma * _SVD_SLACK, kernel.dtype), _round_down(sigma / _SVD_SLACK, kernel.dtype)
 
 

@@ -26,6 +26,7 @@ from stabkit._checks import check_positive_float, check_positive_int, resolve_ge
 from stabkit.norms._dense import (
     _F64_SLACK,
     SpectralBounds,
+    _batched_lapack,
     _bounds_loop,
     _f64,
     _fro,
@@ -187,8 +188,10 @@ def conv_spectral_norm_exact(
     size = _pair("input_size", input_size)
     stride = _check_stride(stride, size)
     s = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)  # scale: robust to 1e±30
-    B = _tall(_dft_blocks(kernel / s, size, stride))  # (B, m, n), m ≥ n
-    ev = torch.linalg.eigvalsh(B.mH @ B)  # (B, n) ascending, real
+    B = _tall(_dft_blocks(kernel / s, size, stride)).contiguous()  # (B, m, n), m ≥ n; contiguous: fast bmm
+    G = B.mH @ B
+    with _batched_lapack(G):  # Note [shared CPU] in _dense.py
+        ev = torch.linalg.eigvalsh(G)  # (B, n) ascending, real
     return ev[..., -1].amax().clamp_min(0).sqrt() * s
 
 

@@ -39,6 +39,7 @@ of the reduced format. The same recursion, with the FFT error added, certifies t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -88,6 +89,31 @@ def _prepare(name: str, W: object, *, min_ndim: int = 2) -> torch.Tensor:
             f"got dtype {W.dtype}; convert it with .double() first"
         )
     return W
+
+
+@contextlib.contextmanager
+def _batched_lapack(x: torch.Tensor):
+    """Run a batched LAPACK call (eigvalsh / SVD of many small matrices) on one CPU thread. See Note [shared CPU].
+
+    Note [shared CPU]
+    -----------------
+    torch runs a batched ``eigvalsh`` as one MKL call per matrix, each multithreaded. On a CPU shared with other
+    processes the threads of every small call spin-wait for each other: with 2 threads on a loaded 2-core machine
+    a batch of 144 Hermitian 64×64 eigenproblems took 8.8 s instead of 0.15 s on one thread (59×), which is why the
+    FFT-based paths degraded far more than the peers' code under load. Small batched problems gain nothing from
+    intra-op threads, so we run them on one thread and restore the setting afterwards. (``torch.set_num_threads``
+    is process-wide: a program that calls these functions from several Python threads at once should set one
+    thread itself.)
+    """
+    if x.device.type != "cpu" or x.ndim < 3 or x.shape[-1] > 512 or torch.get_num_threads() == 1:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
@@ -476,4 +502,6 @@ def spectral_norm_exact(W: torch.Tensor) -> torch.Tensor:
     """
     W = _prepare("W", W)
     s = _max_abs_scale(W)
-    return torch.linalg.matrix_norm(W / s, 2) * s.squeeze(-1).squeeze(-1)
+    with _batched_lapack(W):
+        sigma = torch.linalg.matrix_norm(W / s, 2)
+    return sigma * s.squeeze(-1).squeeze(-1)

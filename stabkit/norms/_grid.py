@@ -83,8 +83,12 @@ def _block_norms(kernel: torch.Tensor, omegas: torch.Tensor) -> torch.Tensor:
     khat = khat.T.reshape(-1, c_out, c_in)  # (F, c_out, c_in)
     if khat.shape[1] < khat.shape[2]:
         khat = khat.mH  # the smaller Gram has the same top eigenvalue
+    khat = khat.contiguous()
     gram = khat.mH @ khat  # (F, c, c) Hermitian PSD
-    return torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0.0).sqrt()
+    from stabkit.norms._dense import _batched_lapack
+
+    with _batched_lapack(gram):  # Note [shared CPU] in _dense.py
+        return torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0.0).sqrt()
 
 
 def conv_grid_bound(kernel: torch.Tensor, *, n_samples: int = 32, refine: int = 4) -> torch.Tensor:
