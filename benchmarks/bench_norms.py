@@ -1,19 +1,23 @@
-"""Benchmark of stabkit.norms against the reference methods, in one process, on one machine.
+"""Benchmark of stabkit.norms against the reference methods and peers, in one process, on one machine.
 
-Run: ``PYTHONPATH=. python benchmarks/bench_norms.py [--full] [--threads N]``
+Run: ``PYTHONPATH=. python benchmarks/bench_norms.py [--full] [--threads N] [--device cuda] [--smoke]``
 
 Prints one table per family (circular convolutions, dense matrices, kernel Gram iteration): each method's value,
-relative error to the exact norm, median time, and the ratio of its time to the reference's; then, per precision
+relative error to the float64 exact norm, median time, and the ratio of its time to the reference's; per precision
 level (1e-2, 1e-4, 1e-6 relative), stabkit's fastest certified upper bound against the fastest baseline reaching
-that precision. The default grid fits in ~3 minutes on 2 CPU cores; ``--full`` runs the whole grid of issue 6
-(c up to 512 at n = 32: long on a CPU).
+that precision, and ``spectral_norm_bound(method="auto")`` against the fastest certified stabkit method (target
+≤ 1.1×). Then the circular Gram iteration's forward + backward (autograd vs explicit backward, with the bytes saved
+for backward) and a shared-CPU table (one busy process per core, one thread vs one thread per core). ``--full``
+runs c up to 512 and dense 2048 (long on a CPU); ``--smoke`` tiny sizes in seconds (``gpu_check.py --smoke``).
 
-References, written here from the papers (not imported from peers):
+"certified" means never below the float64 exact norm (rounding included); ``stabkit exact (rfft2+eigvalsh)`` is
+exact up to rounding and is listed as not certified, ``stabkit exact certified`` is its float64 version with a
+rounding slack. References, written here from the papers (not imported from peers):
 * circular exact: ``torch.fft.fft2`` of the zero-padded kernel and an SVD of each of the n² blocks (Sedghi et al.);
 * dense exact: ``torch.linalg.matrix_norm(W, 2)``;
 * kernel Gram iteration in the spatial domain: ``conv2d(M, M, padding=s-1)`` per step (Delattre et al. 2024).
-Optional peers: a local checkout of blaisedelattre/lip4conv named by ``LIP4CONV_PATH`` adds its rows when it runs
-on this device.
+Optional peers: orthogonium from PyPI (its ``delattre24`` module: circular and kernel Gram iteration) and a local
+checkout of blaisedelattre/lip4conv named by ``LIP4CONV_PATH``; the header says which ran.
 """
 
 from __future__ import annotations
@@ -245,7 +249,7 @@ def main():
     elif args.full:
         grid = [(c, n) for c in (16, 64, 256, 512) for n in (8, 16, 32)]
     else:
-        grid = [(16, 8), (16, 32), (64, 8), (64, 16), (64, 32), (256, 8)]
+        grid = [(16, 8), (16, 32), (64, 8), (64, 16), (64, 32), (128, 8)]
     all_rows, summary, autos = [], [], []
     for c, n in grid:
         rows = conv_rows(c, n, g, lip4conv, args.device, orthogonium)
@@ -260,7 +264,7 @@ def main():
     print_table(autos, ["c", "n", "device", "level", "auto ms", "fastest certified", "auto / fastest"])
 
     dense_rows, dense_summary = [], []
-    for m in (32,) if args.smoke else (256, 1024, 2048):
+    for m in (32,) if args.smoke else ((256, 1024, 2048) if args.full else (256, 1024)):
         W = torch.randn(m, m, generator=g).to(args.device)
         exact = float(torch.linalg.matrix_norm(W.double(), 2))
         methods = {
