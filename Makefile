@@ -24,7 +24,7 @@ NBVAL_FIGURES := $(CURDIR)/build/ci/nbval-figures
 LINT_PATHS := stabkit tests benchmarks notebooks docs conftest.py
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help install reproduce check report test lint notebooks lab docs clean
+.PHONY: help install reproduce check report test lint notebooks lab docs gpu-check clean
 
 help:
 	@echo "make install     create $(VENV) and install the project (TORCH_SPEC=$(TORCH_SPEC), TORCH_INDEX=$(TORCH_INDEX))"
@@ -36,6 +36,7 @@ help:
 	@echo "make notebooks   rerun the ci scale and store the outputs (with figures) in notebooks/"
 	@echo "make lab [LAB_ARGS='--no-browser --port 8888 --ip 0.0.0.0']  JupyterLab, kernel 'stabkit' registered"
 	@echo "make docs        the documentation site in build/site (API, notebooks with their stored outputs)"
+	@echo "make gpu-check [SMOKE=1]  every benchmark + GPU-timed entries on one CUDA GPU (SMOKE=1: tiny CPU run)"
 	@echo "make clean       remove build outputs and caches (keeps $(VENV) and figures/)"
 	@echo "variables: PYTHON=$(PYTHON) VENV=$(VENV) TORCH_SPEC TORCH_INDEX SCALE DEVICE ONLY PROGRESS LAB_ARGS"
 
@@ -82,6 +83,10 @@ lab: $(LAB_STAMP)
 # the site renders the notebooks' stored outputs (never executes them) and fails on any warning
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir build/site
+
+# every benchmark and the GPU-timed manifest entries on one CUDA GPU; SMOKE=1: tiny CPU run of the benchmarks
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(if $(SMOKE),--smoke)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -278,7 +278,7 @@ class CPLConv2d(_CPLBase):
         return F.conv2d(self._circular(v), w.transpose(0, 1).flip(2, 3))
 
     def _norm_bound(self, w: torch.Tensor) -> torch.Tensor:
-        return conv_grid_bound(w, n_eval=self.n_eval)
+        return conv_grid_bound(w, n_samples=self.n_eval)
 
     def export(self) -> nn.Module:
         """Plain torch form of the **eval-mode** layer (certified step), a ``torch.fx.GraphModule``."""
