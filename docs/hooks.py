@@ -6,14 +6,10 @@
 * ``scales.md``: the marker ``<!-- runtime-table -->`` becomes the table of expected run times per manifest entry
   and scale, read from ``manifest.yaml``.
 * ``full-scale.md`` (running the full scale on GPUs) joins the navigation when it exists.
-* Griffe's docstring warnings about ``stabkit/norms/`` are dropped while those docstrings are being re-wrapped
-  (their orphan fragments break the Google-style section parser): remove ``_PENDING_WARNINGS`` when
-  ``tests/test_docstrings.py``'s ``PENDING`` no longer names ``stabkit/norms/``.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import yaml
@@ -29,17 +25,7 @@ The reproduction report has not been generated in this build: `make reproduce` w
 """
 
 
-_PENDING_WARNINGS = ("stabkit/norms/_conv.py", "stabkit/norms/_dense.py")
-
-
-class _DropPending(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.WARNING and any(p in record.getMessage() for p in _PENDING_WARNINGS))
-
-
 def on_config(config):
-    for handler in logging.getLogger("mkdocs").handlers:
-        handler.addFilter(_DropPending())
     if (ROOT / "docs" / "full-scale.md").exists():
         nav = config["nav"]
         at = next(i for i, item in enumerate(nav) if "Scales and their cost" in item)
