@@ -1,5 +1,7 @@
 """Test-wide set-up (repository root, so it also applies to the notebooks under nbval): outputs of notebook
-runs go to a scratch folder, never into figures/."""
+runs go to a scratch folder, never into figures/. ``make test`` names that folder (``build/ci/nbval-figures``) and,
+after pytest, compares it with ``figures/ci/`` (``python -m stabkit.reproduce --check --from ...``), so the
+notebooks run once for both nbval and the tolerance check."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stabkit import data, support
-from stabkit.curvature import HessianOperator, power_iteration, top_eigenvalues
+from stabkit.curvature import HessianOperator, power_eigenpairs, top_eigenvalues
 
 
 def small_cnn() -> nn.Module:
@@ -81,7 +81,7 @@ def main() -> None:
 
     def power(tol):
         def fn():
-            r = power_iteration(H, k=1, n_iter=1000, tol=tol, generator=torch.Generator().manual_seed(0))
+            r = power_eigenpairs(H, k=1, n_iter=1000, tol=tol, generator=torch.Generator().manual_seed(0))
             return float(r.eigenvalues[0]), r.n_hvp
 
         return fn

@@ -1,19 +1,23 @@
-"""Benchmark of stabkit.norms against the reference methods, in one process, on one machine.
+"""Benchmark of stabkit.norms against the reference methods and peers, in one process, on one machine.
 
-Run: ``PYTHONPATH=. python benchmarks/bench_norms.py [--full] [--threads N]``
+Run: ``PYTHONPATH=. python benchmarks/bench_norms.py [--full] [--threads N] [--device cuda] [--smoke]``
 
 Prints one table per family (circular convolutions, dense matrices, kernel Gram iteration): each method's value,
-relative error to the exact norm, median time, and the ratio of its time to the reference's; then, per precision
+relative error to the float64 exact norm, median time, and the ratio of its time to the reference's; per precision
 level (1e-2, 1e-4, 1e-6 relative), stabkit's fastest certified upper bound against the fastest baseline reaching
-that precision. The default grid fits in ~3 minutes on 2 CPU cores; ``--full`` runs the whole grid of issue 6
-(c up to 512 at n = 32: long on a CPU).
+that precision, and ``spectral_norm_bound(method="auto")`` against the fastest certified stabkit method (target
+≤ 1.1×). Then the circular Gram iteration's forward + backward (autograd vs explicit backward, with the bytes saved
+for backward) and a shared-CPU table (one busy process per core, one thread vs one thread per core). ``--full``
+runs c up to 512 and dense 2048 (long on a CPU); ``--smoke`` tiny sizes in seconds (``gpu_check.py --smoke``).
 
-References, written here from the papers (not imported from peers):
+"certified" means never below the float64 exact norm (rounding included); ``stabkit exact (rfft2+eigvalsh)`` is
+exact up to rounding and is listed as not certified, ``stabkit exact certified`` is its float64 version with a
+rounding slack. References, written here from the papers (not imported from peers):
 * circular exact: ``torch.fft.fft2`` of the zero-padded kernel and an SVD of each of the n² blocks (Sedghi et al.);
 * dense exact: ``torch.linalg.matrix_norm(W, 2)``;
 * kernel Gram iteration in the spatial domain: ``conv2d(M, M, padding=s-1)`` per step (Delattre et al. 2024).
-Optional peers: a local checkout of blaisedelattre/lip4conv named by ``LIP4CONV_PATH`` adds its rows when it runs
-on this device.
+Optional peers: orthogonium from PyPI (its ``delattre24`` module: circular and kernel Gram iteration) and a local
+checkout of blaisedelattre/lip4conv named by ``LIP4CONV_PATH``; the header says which ran.
 """
 
 from __future__ import annotations
@@ -40,14 +44,14 @@ def timeit(fn, *, min_runs=3, max_seconds=2.0):
     minutes on a shared 2-core machine).
     """
     t0 = time.perf_counter()
-    value = float(fn())
+    value = float(torch.as_tensor(fn()).detach())  # float() synchronises a CUDA device (copy to the host)
     if time.perf_counter() - t0 > max_seconds:
         min_runs = 1
     times = []
     start = time.perf_counter()
     while len(times) < min_runs or (time.perf_counter() - start < max_seconds and len(times) < 15):
         t0 = time.perf_counter()
-        value = float(fn())
+        value = float(torch.as_tensor(fn()).detach())
         times.append(time.perf_counter() - t0)
         if times[-1] > max_seconds:  # one slow run is enough: we measure, we do not average noise away
             break
@@ -100,15 +104,29 @@ def print_table(rows, columns):
     sys.stdout.flush()
 
 
-def conv_rows(c, n, g, lip4conv):
-    K = torch.randn(c, c, 3, 3, generator=g)
+def load_orthogonium():
+    """orthogonium's copies of the Gram-iteration bounds (``pip install orthogonium``), or None."""
+    try:
+        from orthogonium.layers.conv.singular_values import delattre24  # type: ignore[import-not-found]
+    except Exception:  # noqa: BLE001 - optional peer
+        return None
+    return delattre24
+
+
+def conv_rows(c, n, g, lip4conv, device="cpu", orthogonium=None):
+    K = torch.randn(c, c, 3, 3, generator=g).to(device)
     exact = float(norms.conv_spectral_norm_exact(K.double(), n))  # float64 truth
     methods = {
         "ref: fft2+svd (Sedghi)": ("baseline", True, lambda: fft2_svd(K, n)),
         "power iteration 100": ("baseline", False, lambda: norms.conv_power_iteration(K, n, padding="circular")),
         "LipGrid 50": ("baseline", True, lambda: norms.conv_lipgrid(K, n_samples=50)),
         "Fantastic Four 50": ("baseline", True, lambda: norms.conv_fantastic_four(K, n_iter=50)),
-        "stabkit exact (rfft2+eigvalsh)": ("ours", True, lambda: norms.conv_spectral_norm_exact(K, n)),
+        "stabkit exact (rfft2+eigvalsh)": ("ours", False, lambda: norms.conv_spectral_norm_exact(K, n)),
+        "stabkit exact certified (float64 + slack)": (
+            "ours",
+            True,
+            lambda: norms.spectral_norm_bound(K, n, method="exact").upper,
+        ),
     }
     for T in (4, 5, 6, 7):
         methods[f"stabkit GI T={T}"] = ("ours", True, lambda T=T: norms.conv_gram_iteration(K, n, n_iter=T))
@@ -117,6 +135,18 @@ def conv_rows(c, n, g, lip4conv):
             "ours",
             True,
             lambda tol=tol: norms.conv_gram_iteration_bounds(K, n, n_iter=12, tol=tol).upper,
+        )
+    for tol in LEVELS:
+        methods[f"stabkit auto rtol={tol:g}"] = (
+            "auto",
+            True,
+            lambda tol=tol: norms.spectral_norm_bound(K, n, rtol=tol).upper,
+        )
+    if orthogonium is not None:
+        methods["orthogonium delattre2023 GI 6"] = (
+            "baseline",
+            True,
+            lambda: orthogonium.compute_delattre2023(K.clone(), n=n, n_iter=6),
         )
     if lip4conv is not None:
         methods["lip4conv Gram iteration 6"] = (
@@ -138,13 +168,34 @@ def conv_rows(c, n, g, lip4conv):
     return rows
 
 
+def auto_summary(rows, key):
+    """Per precision level: the method auto chose (its time) against the fastest certified stabkit method reaching
+    that precision (target ratio ≤ 1.1)."""
+    out = []
+    for level in LEVELS:
+        auto = [r for r in rows if r["method"] == f"stabkit auto rtol={level:g}"]
+        ours = [r for r in rows if r["who"] == "ours" and r["upper"] and 0 <= r["err"] <= level]
+        if not auto or not ours:
+            continue
+        best = min(ours, key=lambda r: r["t"])
+        out.append(
+            {
+                **key,
+                "level": f"{level:g}",
+                "auto ms": f"{auto[0]['t'] * 1e3:.2f}",
+                "fastest certified": f"{best['method']} {best['t'] * 1e3:.2f} ms",
+                "auto / fastest": f"{auto[0]['t'] / best['t']:.2f}",
+            }
+        )
+    return out
+
+
 def precision_summary(rows, key):
     """Per precision level: fastest certified stabkit bound vs fastest baseline reaching it."""
     out = []
     for level in LEVELS:
         ours = [r for r in rows if r["who"] == "ours" and r["upper"] and abs(r["err"]) <= level]
-        # float32 rounding: a certified bound may sit a few ulps below the float64 truth
-        ours = [r for r in ours if r["err"] >= -1e-5]
+        ours = [r for r in ours if r["err"] >= 0]  # certified: never below the float64 truth
         base = [r for r in rows if r["who"] == "baseline" and abs(r["err"]) <= level]
         bo = min(ours, key=lambda r: r["t"]) if ours else None
         bb = min(base, key=lambda r: r["t"]) if base else None
@@ -177,6 +228,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="the whole grid of issue 6 (long on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="torch device (cuda: timings include synchronisation)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the script runs (seconds)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -184,24 +237,35 @@ def main():
     print(f"# {machine_info()}")
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32 inputs, medians of ≥ 3 runs")
     lip4conv = load_lip4conv()
+    orthogonium = load_orthogonium()
+    print(
+        "# peers: "
+        + f"lip4conv {'ran' if lip4conv else 'not run (set LIP4CONV_PATH)'}, "
+        + f"orthogonium {'ran' if orthogonium else 'not run (pip install orthogonium)'}"
+    )
 
-    if args.full:
+    if args.smoke:
+        grid = [(4, 8)]
+    elif args.full:
         grid = [(c, n) for c in (16, 64, 256, 512) for n in (8, 16, 32)]
     else:
-        grid = [(16, 8), (16, 32), (64, 8), (64, 16), (64, 32), (256, 8)]
-    all_rows, summary = [], []
+        grid = [(16, 8), (16, 32), (64, 8), (64, 16), (64, 32), (128, 8)]
+    all_rows, summary, autos = [], [], []
     for c, n in grid:
-        rows = conv_rows(c, n, g, lip4conv)
+        rows = conv_rows(c, n, g, lip4conv, args.device, orthogonium)
         all_rows += rows
         summary += precision_summary(rows, {"c": c, "n": n})
+        autos += auto_summary(rows, {"c": c, "n": n, "device": args.device})
     print("\n## Circular convolutions, k = 3 (err = (value − exact)/exact; ratio = time / fft2+svd reference)")
     print_table(fmt(all_rows), ["c", "n", "method", "value", "err", "time ms", "ratio"])
     print("\n## Fastest certified stabkit bound vs fastest baseline at each precision")
     print_table(summary, ["c", "n", "level", "stabkit fastest", "baseline fastest", "ratio ours/base"])
+    print("\n## spectral_norm_bound(method='auto') against the fastest certified stabkit method (target ≤ 1.1)")
+    print_table(autos, ["c", "n", "device", "level", "auto ms", "fastest certified", "auto / fastest"])
 
     dense_rows, dense_summary = [], []
-    for m in (256, 1024, 2048):
-        W = torch.randn(m, m, generator=g)
+    for m in (32,) if args.smoke else ((256, 1024, 2048) if args.full else (256, 1024)):
+        W = torch.randn(m, m, generator=g).to(args.device)
         exact = float(torch.linalg.matrix_norm(W.double(), 2))
         methods = {
             "ref: torch.linalg.matrix_norm(W, 2)": ("baseline", True, lambda W=W: torch.linalg.matrix_norm(W, 2)),
@@ -215,6 +279,17 @@ def main():
                 True,
                 lambda W=W, tol=tol: norms.gram_iteration_bounds(W, n_iter=16, tol=tol).upper,
             )
+        methods["stabkit exact certified (float64 SVD + slack)"] = (
+            "ours",
+            True,
+            lambda W=W: norms.spectral_norm_bound(W, method="exact").upper,
+        )
+        for tol in LEVELS:
+            methods[f"stabkit auto rtol={tol:g}"] = (
+                "auto",
+                True,
+                lambda W=W, tol=tol: norms.spectral_norm_bound(W, rtol=tol).upper,
+            )
         rows = []
         for name, (who, certified, fn) in methods.items():
             t, v = timeit(fn)
@@ -226,32 +301,133 @@ def main():
     print("\n## Dense m×m Gaussian matrices (ratio = time / torch.linalg.matrix_norm)")
     print_table(fmt(dense_rows), ["m", "method", "value", "err", "time ms", "ratio"])
     print_table(dense_summary, ["m", "level", "stabkit fastest", "baseline fastest", "ratio ours/base"])
+    dense_auto = []
+    for m in sorted({r["m"] for r in dense_rows}):
+        dense_auto += auto_summary([r for r in dense_rows if r["m"] == m], {"c": f"dense {m}", "n": "-"})
+    print_table(dense_auto, ["c", "n", "level", "auto ms", "fastest certified", "auto / fastest"])
 
-    print("\n## Kernel Gram iteration, 64×64×3×3 (zero padding, any n): frequency domain vs spatial self-convolution")
-    K = torch.randn(64, 64, 3, 3, generator=g)
+    kernel_table(g, args, orthogonium)
+    backward_table(g, args)
+    load_table(g, args)
+
+
+def kernel_table(g, args, orthogonium):
+    c, Ts = (4, (2, 3)) if args.smoke else (64, (2, 3, 4, 5, 6))
+    print(f"\n## Kernel Gram iteration, {c}×{c}×3×3 (zero padding, any n): stabkit (cheaper of spatial/frequency per")
+    print("## step, float64 inside, certified) vs spatial self-convolution (float32, not certified) and orthogonium")
+    K = torch.randn(c, c, 3, 3, generator=g).to(args.device)
     sup = float(norms.conv_spectral_norm_exact(K.double(), 128))
     krows = []
-    for T in (3, 4, 5, 6):
+    for T in Ts:
         t, v = timeit(lambda T=T: norms.kernel_gram_iteration(K, n_iter=T), min_runs=1, max_seconds=1.0)
-        if T <= 4:  # the spatial formulation takes ~29 s at T = 5 and ~280 s at T = 6 (issue 6): not run
-            t_sp, v_sp = timeit(lambda T=T: kernel_gram_spatial(K, T), min_runs=1, max_seconds=1.0)
-            sp = f"{t_sp * 1e3:.1f}"
-            ratio = f"{t / t_sp:.3f}"
-            agree = f"{abs(v - v_sp) / v_sp:.1e}"
+        row = {"T": T, "bound / sup_ω σ1": f"{v / sup:.6f}", "stabkit ms": f"{t * 1e3:.1f}"}
+        if T <= 4:  # the spatial formulation's cost explodes with T
+            t_sp, _ = timeit(lambda T=T: kernel_gram_spatial(K, T), min_runs=1, max_seconds=1.0)
+            row.update({"spatial ms": f"{t_sp * 1e3:.1f}", "stabkit / spatial": f"{t / t_sp:.2f}"})
         else:
-            sp, ratio, agree = "not run (issue: 29 s / 280 s)", "-", "-"
-        krows.append(
-            {
-                "T": T,
-                "bound": f"{v:.5f}",
-                "bound / sup_ω σ1": f"{v / sup:.4f}",
-                "stabkit ms": f"{t * 1e3:.1f}",
-                "spatial ms": sp,
-                "ratio": ratio,
-                "rel. diff": agree,
-            }
-        )
-    print_table(krows, ["T", "bound", "bound / sup_ω σ1", "stabkit ms", "spatial ms", "ratio", "rel. diff"])
+            row.update({"spatial ms": "not run", "stabkit / spatial": "-"})
+        if orthogonium is not None and T <= 4:
+            t_o, _ = timeit(lambda T=T: orthogonium.compute_delattre2024(K, n_iter=T), min_runs=1, max_seconds=1.0)
+            row.update({"orthogonium ms": f"{t_o * 1e3:.1f}", "stabkit / orthogonium": f"{t / t_o:.2f}"})
+        else:
+            row.update({"orthogonium ms": "not run", "stabkit / orthogonium": "-"})
+        krows.append(row)
+    cols = ["T", "bound / sup_ω σ1", "stabkit ms", "spatial ms", "stabkit / spatial", "orthogonium ms"]
+    print_table(krows, [*cols, "stabkit / orthogonium"])
+
+
+def saved_bytes(fn):
+    """Bytes of the tensors autograd saves for backward during fn() (each storage once): the graph's memory."""
+    seen, total = set(), [0]
+
+    def pack(t):
+        key = (t.untyped_storage().data_ptr(), t.device)
+        if key not in seen:
+            seen.add(key)
+            total[0] += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]
+
+
+def backward_table(g, args):
+    c, n, T = (4, 8, 4) if args.smoke else (64, 16, 6)
+    print(f"\n## Circular Gram iteration forward + backward, {c}×{c}×3×3, n = {n}, T = {T}: autograd vs explicit")
+    K = torch.randn(c, c, 3, 3, generator=g).to(args.device)
+    rows = []
+    for name, eb in (("autograd through the loop", False), ("explicit backward", True)):
+        k = K.clone().requires_grad_(True)
+
+        def step(k=k, eb=eb):
+            k.grad = None
+            v = norms.conv_gram_iteration(k, n, n_iter=T, explicit_backward=eb)
+            v.backward()
+            return v
+
+        t, _ = timeit(step, min_runs=3, max_seconds=2.0)
+        _, nbytes = saved_bytes(lambda k=k, eb=eb: norms.conv_gram_iteration(k, n, n_iter=T, explicit_backward=eb))
+        rows.append({"method": name, "time ms": f"{t * 1e3:.1f}", "saved for backward MiB": f"{nbytes / 2**20:.2f}"})
+    print_table(rows, ["method", "time ms", "saved for backward MiB"])
+
+
+def _burn(seconds):  # pragma: no cover - runs in a child process
+    import time as _time
+
+    import torch as _torch
+
+    a = _torch.randn(256, 256)
+    end = _time.perf_counter() + seconds
+    while _time.perf_counter() < end:
+        a = (a @ a).tanh()
+
+
+def load_table(g, args):
+    """The exact circular norm and the FFT+SVD reference with and without a concurrent CPU load (a process per
+    core doing matmuls), with one torch thread per core and with 1 thread: how much each degrades when the CPU is
+    shared (a parallel region waits for its slowest thread, so oversubscribed threads stall every small op)."""
+    if args.device != "cpu":
+        return
+    import multiprocessing as mp
+
+    c, n = (4, 8) if args.smoke else (64, 16)
+    K = torch.randn(c, c, 3, 3, generator=g)
+    fns = {
+        "ref: fft2+svd": lambda: fft2_svd(K, n),
+        "stabkit exact": lambda: norms.conv_spectral_norm_exact(K, n),
+        "stabkit exact certified": lambda: norms.spectral_norm_bound(K, n, method="exact").upper,
+    }
+    threads0 = torch.get_num_threads()
+    rows = []
+    for load in (False, True):
+        procs = []
+        if load:
+            ctx = mp.get_context("spawn")
+            procs = [ctx.Process(target=_burn, args=(30.0,)) for _ in range(os.cpu_count() or 1)]
+            for p in procs:
+                p.start()
+            time.sleep(1.0)
+        try:
+            for threads in sorted({os.cpu_count() or 1, 1}):
+                torch.set_num_threads(threads)
+                for name, fn in fns.items():
+                    t, _ = timeit(fn, min_runs=3, max_seconds=1.0)
+                    rows.append(
+                        {
+                            "load": "concurrent" if load else "none",
+                            "threads": threads,
+                            "method": name,
+                            "time ms": f"{t * 1e3:.2f}",
+                        }
+                    )
+        finally:
+            torch.set_num_threads(threads0)
+            for p in procs:
+                p.terminate()
+                p.join()
+    print(f"\n## Shared CPU: {c}×{c}×3×3, n = {n}, without and with one busy process per core")
+    print_table(rows, ["load", "threads", "method", "time ms"])
 
 
 if __name__ == "__main__":

@@ -185,9 +185,9 @@ def pgd_l2(
             clean_logits = model(x)  # (B, K)
         best_margin = classification_margin(clean_logits, labels)  # (B,)
         best_x = x.detach().clone()
-        n_classes = clean_logits.shape[1]
-        if not 0 <= n_targets < n_classes:
-            raise ValueError(f"n_targets must lie in [0, {n_classes - 1}] (classes other than y), got {n_targets}")
+        num_classes = clean_logits.shape[1]
+        if not 0 <= n_targets < num_classes:
+            raise ValueError(f"n_targets must lie in [0, {num_classes - 1}] (classes other than y), got {n_targets}")
         # targeted runs aim at the strongest competitors of the clean point, strongest first
         competitors = clean_logits.scatter(1, labels[:, None], -torch.inf).argsort(dim=1, descending=True)
         targets = [None] if n_targets == 0 else [competitors[:, t] for t in range(n_targets)]

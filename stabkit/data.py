@@ -20,6 +20,8 @@ import gzip
 import hashlib
 import os
 import pickle
+import sys
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -276,21 +278,54 @@ def fetch_mnist_file(
 
 
 def _verify_mnist(path: Path) -> None:
+    """Accept the original archive (MD5), or a re-compressed / uncompressed copy whose IDX payload matches the
+    published SHA-256. A file that is certainly corrupt (undecodable, wrong header or size, payload hash
+    mismatch) is deleted; a well-formed train file that cannot be verified (no payload hash is published for the
+    train files) is kept and reported."""
     archive_md5, payload_sha256 = MNIST_FILES[path.name]
     raw = path.read_bytes()
     if hashlib.md5(raw).hexdigest() == archive_md5:
         return
-    try:
-        payload = gzip.decompress(raw)
-    except (OSError, EOFError):
-        payload = None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            payload = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error):  # truncated archive, bad header, damaged deflate stream
+            payload = None
+    else:
+        payload = raw  # an uncompressed IDX file under the .gz name (read_idx reads it)
     if payload is not None and payload_sha256 and hashlib.sha256(payload).hexdigest() == payload_sha256:
         return
+    if payload is not None and not payload_sha256 and _idx_shape(payload) == _MNIST_TRAIN_SHAPES[path.name]:
+        raise ValueError(
+            f"{path} is a well-formed MNIST train file but not the original archive (MD5 differs), and no payload "
+            "hash is published for the train files, so it cannot be verified; it was kept. Replace it with the "
+            "original (python -m stabkit.data fetch mnist, after deleting it)."
+        )
     path.unlink()
+    what = "could not be decompressed" if payload is None else "failed its hash check"
     raise ValueError(
-        f"{path} failed its hash check (neither the original archive MD5 nor the IDX payload SHA-256 match); "
-        "the file was deleted. Download it again, or from another mirror (STABKIT_MNIST_URL)."
+        f"{path} {what} (neither the original archive MD5 nor the IDX payload SHA-256 match); the file was "
+        "deleted. Download it again (python -m stabkit.data fetch mnist), or from another mirror (STABKIT_MNIST_URL)."
     )
+
+
+_MNIST_TRAIN_SHAPES = {
+    "train-images-idx3-ubyte.gz": (60000, 28, 28),
+    "train-labels-idx1-ubyte.gz": (60000,),
+    "t10k-images-idx3-ubyte.gz": None,
+    "t10k-labels-idx1-ubyte.gz": None,
+}
+
+
+def _idx_shape(payload: bytes) -> tuple[int, ...] | None:
+    """The shape an unsigned-byte IDX payload declares, if its size agrees with it; else None."""
+    if len(payload) < 4 or payload[:3] != b"\x00\x00\x08":
+        return None
+    ndim = payload[3]
+    if len(payload) < 4 + 4 * ndim:
+        return None
+    dims = tuple(int(d) for d in np.frombuffer(payload, dtype=">u4", count=ndim, offset=4))
+    return dims if len(payload) - 4 - 4 * ndim == int(np.prod(dims)) else None
 
 
 # -------------------------------------------------------------------------------------------------- CIFAR-10
@@ -339,8 +374,9 @@ def _pooch_retrieve(url: str, known_hash: str | None, fname: str, folder: Path, 
     import pooch
 
     pooch.get_logger().setLevel("WARNING")
+    progress = _PROGRESS[0] or os.environ.get("STABKIT_PROGRESS") == "1"
     try:
-        return pooch.retrieve(url, known_hash, fname=fname, path=folder, processor=processor, progressbar=False)
+        return pooch.retrieve(url, known_hash, fname=fname, path=folder, processor=processor, progressbar=progress)
     except ValueError:
         raise  # hash mismatch: pooch already removed the download
     except Exception as exc:  # network errors come from requests / urllib3 under many names
@@ -348,3 +384,76 @@ def _pooch_retrieve(url: str, known_hash: str | None, fname: str, folder: Path, 
             f"could not download {url} into {folder.resolve()} ({type(exc).__name__}: {exc}). If this machine is "
             "offline, copy the files there by hand."
         ) from exc
+
+
+# ----------------------------------------------------------------------------------------------------- fetch
+_PROGRESS = [False]  # set by fetch(progress=True); downloads inside notebooks follow $STABKIT_PROGRESS
+FETCHABLE = ("mnist", "mnist-test", "cifar10")
+
+
+def fetch(names: list[str] | tuple[str, ...], *, root: str | os.PathLike = "data", progress: bool = True) -> None:
+    """Download and verify the files of data sets (``mnist``, ``mnist-test``, ``cifar10``) into ``root``.
+
+    Files already present are verified, not downloaded again. Offline data sets (digits, moons, circles) need
+    nothing and are accepted.
+
+    Raises:
+        ValueError: an unknown name, or a file that fails its hash check (deleted unless it is a well-formed
+            file that cannot be verified).
+        FileNotFoundError: the download failed (offline machine, unreachable mirror).
+    """
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; choose among {', '.join(FETCHABLE)}")
+    _PROGRESS[0] = progress
+    try:
+        for name in names:
+            if name in ("mnist", "mnist-test"):
+                prefixes = ("t10k",) if name == "mnist-test" else ("train", "t10k")
+                for f in MNIST_FILES:
+                    if f.startswith(prefixes):
+                        fetch_mnist_file(f, Path(root) / "mnist", download=True)
+            elif name == "cifar10":
+                read_cifar10(root, split="test", download=True)
+                read_cifar10(root, split="train", download=True)
+    finally:
+        _PROGRESS[0] = False
+
+
+def missing_files(name: str, root: str | os.PathLike = "data") -> list[str]:
+    """The files of data set ``name`` that are not in ``root`` yet (empty for the offline sets)."""
+    root = Path(root)
+    if name in ("mnist", "mnist-test"):
+        prefixes = ("t10k",) if name == "mnist-test" else ("train", "t10k")
+        return [
+            str(root / "mnist" / f) for f in MNIST_FILES if f.startswith(prefixes) and not (root / "mnist" / f).exists()
+        ]
+    if name == "cifar10":
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        folder = root / "cifar10" / CIFAR10_DIR
+        return [str(folder / n) for n in names if not (folder / n).exists()]
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m stabkit.data fetch NAME [NAME ...] [--root DIR]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m stabkit.data", description="Fetch the data sets (hash-checked).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fetch", help="download and verify data sets")
+    f.add_argument("names", nargs="+", choices=FETCHABLE, metavar="NAME", help=", ".join(FETCHABLE))
+    f.add_argument("--root", default="data", help="data folder (default: data)")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        fetch(args.names, root=args.root, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{', '.join(args.names)}: verified in {Path(args.root).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

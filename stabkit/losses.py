@@ -108,50 +108,15 @@ def offset_cross_entropy(
     return temperature * F.cross_entropy(shifted / temperature, labels)
 
 
-def _default_bound(module: nn.Module, n_iter: int, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Gram-iteration upper bound of the ℓ2 operator norm of a Linear or Conv2d layer (differentiable).
-
-    See Note [conv bounds] for the choice between the circular (``size`` known) and the kernel bound.
-    """
-    from stabkit import norms  # lazy: keeps `import stabkit.losses` light
-
-    if isinstance(module, nn.Linear):
-        return norms.gram_iteration(module.weight, n_iter=n_iter)
-    if size is not None:
-        return norms.conv_gram_iteration(module.weight, size, n_iter=n_iter)
-    return norms.kernel_gram_iteration(module.weight, n_iter=n_iter)
-
-
 # Note [conv bounds]
-#     With the input size known, a conv is bounded by Gram iteration on its DFT blocks at the circular size
-#     m = n + k − 1 (zero padding): the zero-padded conv (any padding ≤ k − 1) is a sub-block of the full
-#     linear convolution, itself a sub-block of the circular one on m ≥ n + k − 1 points, so the bound holds;
-#     for circular padding the size is n itself. Stride s > 1 subsamples the stride-1 output (1-Lipschitz), so
-#     the stride-1 bound holds too. This is the bound of the thesis's regularised training and it is cheap.
-#     Without the size, the kernel Gram iteration bounds the conv for every n, but its kernel support doubles
-#     at each iteration (cost ~ c³·2^(2T)·k²): fine for T ≤ 4, slow at T = 6 for a training penalty.
+#     Every per-layer bound here is :func:`stabkit.lipschitz.layer_bound` (Note [module bounds] in
+#     ``stabkit/lipschitz.py``): with the input size known, a conv is bounded by Gram iteration on its DFT blocks at
+#     its padded size (times the exact norm of the padding operator for reflect/replicate/circular modes), which is
+#     the thesis's regularised training and cheap. Without the size, the kernel Gram iteration bounds a zero-padded
+#     conv for every n, but its kernel support doubles at each iteration (cost ~ c³·2^(2T)·k²): fine for T ≤ 4, slow
+#     at T = 6 for a training penalty. Other padding modes need the size.
 
-
-def _conv_input_sizes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, tuple[int, int]]:
-    """Spatial input size of every Conv2d of ``model`` on one input of shape ``input_shape`` (a forward pass)."""
-    sizes: dict[nn.Module, tuple[int, int]] = {}
-
-    def record(mod: nn.Module, args: tuple) -> None:  # returns None: the input is left unchanged
-        sizes.setdefault(mod, tuple(args[0].shape[-2:]))
-
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    param = next(model.parameters(), None)
-    kw = {} if param is None else {"device": param.device, "dtype": param.dtype}
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, **kw))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return sizes
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
 
 
 def layer_spectral_bounds(
@@ -161,50 +126,51 @@ def layer_spectral_bounds(
     input_shape: tuple[int, ...] | None = None,
     bound: Callable[[nn.Module, int], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Upper bounds of the spectral norm of every ``nn.Linear`` and ``nn.Conv2d`` of a model.
+    """Upper bounds of the spectral norm of every linear layer (Linear, Conv1d/2d, ConvTranspose1d/2d) of a model.
+
+    The bounds are those of the network-bound engine, :func:`stabkit.lipschitz.layer_bound` (one padding
+    convention, every padding mode, stride, dilation and groups; Note [conv bounds]). A module called at several
+    input sizes gets the largest of its bounds.
 
     Args:
-        model: any network; only its Linear and Conv2d modules are bounded (grouped or dilated convs are
-            refused, since the bounds below assume a plain convolution).
+        model: any network; only its linear layers are bounded (other modules are left to the caller).
         n_iter: Gram iterations (T in the thesis; 6 for the §3.3 training).
         input_shape: shape of one input, e.g. ``(1, 8, 8)``. With it, each conv is bounded by Gram iteration
-            on its DFT blocks at its own input size (cheap and tight); without it, by the kernel Gram
-            iteration, valid for every input size but slow for ``n_iter > 4`` (Note [conv bounds]).
-        bound: ``bound(module, n_iter) -> scalar tensor`` to use instead of Gram iteration (e.g. an exact SVD
-            in tests).
+            on its DFT blocks at its own padded input size (cheap and tight); without it, zero-padded convs by the
+            kernel Gram iteration, valid for every input size but slow for ``n_iter > 4``.
+        bound: ``bound(module, n_iter) -> scalar tensor`` to use instead (e.g. an exact SVD in tests).
 
     Returns:
         ``{module name: bound}``, differentiable with respect to the weights, in module order. Each value is
-        an **upper** bound of the layer's ℓ2 operator norm (Gram iteration never underestimates).
+        an **upper** bound of the layer's ℓ2 operator norm.
 
     Raises:
-        ValueError: if a Conv2d has groups or dilation other than 1.
+        ValueError: a conv whose padding mode needs the input size without ``input_shape``; NaN/inf weights.
 
     References:
         Delattre, Barthélemy, Araujo, Allauzen, "Efficient Bound of Lipschitz Constant for Convolutional
-        Layers by Gram Iteration", ICML 2023; Delattre, Barthélemy, Allauzen, arXiv 2402.00240 (kernel bound,
-        zero padding). Thesis ch. 3.
+        Layers by Gram Iteration", ICML 2023 (arXiv 2305.16173); Delattre, Barthélemy, Allauzen, arXiv 2402.00240
+        (kernel bound, zero padding). Thesis (arXiv:2510.25282) ch. 3.
     """
+    from stabkit.lipschitz import _Probe, layer_bound  # lazy: keeps `import stabkit.losses` light
+
     n_iter = check_positive_int("n_iter", n_iter)
-    sizes = _conv_input_sizes(model, tuple(input_shape)) if input_shape is not None and bound is None else {}
+    example = None
+    if input_shape is not None and bound is None:
+        param = next(model.parameters(), None)
+        kw = {} if param is None else {"device": param.device, "dtype": param.dtype}
+        example = torch.zeros(1, *tuple(input_shape), **kw)
+    probe = _Probe(model, example)
     bounds: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            if module.groups != 1 or module.dilation != (1, 1):
-                raise ValueError(
-                    f"layer {name!r}: groups={module.groups}, dilation={module.dilation} is not supported; "
-                    "the Gram-iteration bounds assume a plain convolution (groups=1, dilation=1)"
-                )
-        elif not isinstance(module, nn.Linear):
+        if not isinstance(module, _WEIGHTED):
             continue
         if bound is not None:
             bounds[name] = bound(module, n_iter)
             continue
-        size = sizes.get(module)
-        if size is not None and module.padding_mode == "zeros":
-            kh, kw = module.kernel_size
-            size = (size[0] + kh - 1, size[1] + kw - 1)  # circular size that contains the zero-padded conv
-        bounds[name] = _default_bound(module, n_iter, size)
+        shapes = probe.shapes.get(id(module)) or [None]
+        values = [layer_bound(module, shape, n_iter=n_iter, name=name).bound for shape in dict.fromkeys(shapes)]
+        bounds[name] = values[0] if len(values) == 1 else torch.stack(values).amax()
     return bounds
 
 

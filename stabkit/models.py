@@ -16,6 +16,7 @@ inside ``with ctx.seeded("<key>/init"):`` in a notebook (or after ``torch.manual
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from typing import NamedTuple
@@ -38,7 +39,9 @@ from stabkit.layers import (
     SLLLinear,
     SRConv2d,
     SRLinear,
+    export_plain,
 )
+from stabkit.layers._export import residual_graph
 
 
 class NetSize(NamedTuple):
@@ -64,24 +67,47 @@ LAYER_TYPES = ("sll", "cpl", "aol", "sr", "plain")
 """Layer types of :class:`LipschitzNet`; ``"plain"`` is an unconstrained residual baseline."""
 
 
+# The plain blocks are allocated with skip_init (no draw from torch's global RNG) and filled by _plain_init.
 class _PlainResidualConv(nn.Module):
     def __init__(self, c: int, k: int, **kw) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c, c, k, padding=k // 2, **kw)
-        self.conv2 = nn.Conv2d(c, c, k, padding=k // 2, bias=False, **kw)
+        self.conv1 = nn.utils.skip_init(nn.Conv2d, c, c, k, padding=k // 2, **kw)
+        self.conv2 = nn.utils.skip_init(nn.Conv2d, c, c, k, padding=k // 2, bias=False, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(torch.relu(self.conv1(x)))
+
+    def lipschitz_bound(self) -> float:
+        """``1 + ‖conv2‖·‖conv1‖`` with size-free kernel Gram bounds (zero padding: valid for every input size)."""
+        from stabkit.norms import kernel_gram_iteration
+
+        with torch.no_grad():
+            norms = [float(kernel_gram_iteration(c.weight.double(), n_iter=6)) for c in (self.conv1, self.conv2)]
+        return 1.0 + norms[0] * norms[1]
+
+    def export(self) -> nn.Module:
+        return residual_graph(nn.Sequential(copy.deepcopy(self.conv1), nn.ReLU(), copy.deepcopy(self.conv2)))
 
 
 class _PlainResidualLinear(nn.Module):
     def __init__(self, d: int, inner: int, **kw) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(d, inner, **kw)
-        self.fc2 = nn.Linear(inner, d, bias=False, **kw)
+        self.fc1 = nn.utils.skip_init(nn.Linear, d, inner, **kw)
+        self.fc2 = nn.utils.skip_init(nn.Linear, inner, d, bias=False, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.fc2(torch.relu(self.fc1(x)))
+
+    def lipschitz_bound(self) -> float:
+        """``1 + ‖W2‖·‖W1‖`` (SVD with rounding slack)."""
+        from stabkit.norms import spectral_norm_upper
+
+        with torch.no_grad():
+            norms = [float(spectral_norm_upper(f.weight.double())) for f in (self.fc1, self.fc2)]
+        return 1.0 + norms[0] * norms[1]
+
+    def export(self) -> nn.Module:
+        return residual_graph(nn.Sequential(copy.deepcopy(self.fc1), nn.ReLU(), copy.deepcopy(self.fc2)))
 
 
 def _plain_init(module: nn.Module, generator: torch.Generator) -> None:
@@ -111,7 +137,7 @@ class LipschitzNet(nn.Module):
 
     Args:
         input_shape: shape of one input, ``(C, H, W)`` or ``(d,)``.
-        n_classes: number of classes (outputs).
+        num_classes: number of classes (outputs), at least 2.
         layer: one of :data:`LAYER_TYPES`.
         size: a key of :data:`SIZES` (case-insensitive) or a :class:`NetSize`.
         kernel_size: odd kernel size of the conv layers.
@@ -122,7 +148,7 @@ class LipschitzNet(nn.Module):
         generator: random generator for the initialisation (``None`` = seeded 0).
 
     Shape:
-        (B, *input_shape) → (B, n_classes).
+        (B, *input_shape) → (B, num_classes).
 
     Raises:
         ValueError: unknown layer type or size, bad shapes, non-positive std.
@@ -140,7 +166,7 @@ class LipschitzNet(nn.Module):
     def __init__(
         self,
         input_shape: tuple[int, ...],
-        n_classes: int,
+        num_classes: int,
         *,
         layer: str = "sll",
         size: str | NetSize = "xs",
@@ -158,7 +184,9 @@ class LipschitzNet(nn.Module):
         if len(input_shape) not in (1, 3) or min(input_shape) < 1:
             raise ValueError(f"input_shape must be (C, H, W) or (d,) with positive sizes, got {input_shape}")
         self.input_shape = input_shape
-        self.n_classes = check_positive_int("n_classes", n_classes)
+        self.num_classes = check_positive_int("num_classes", num_classes, minimum=2)  # a certificate needs 2
+        if n_iter is not None:
+            check_positive_int("n_iter", n_iter)
         if layer not in LAYER_TYPES:
             raise ValueError(f"layer must be one of {LAYER_TYPES}, got {layer!r}")
         self.layer = layer
@@ -179,6 +207,9 @@ class LipschitzNet(nn.Module):
         stat_shape = (input_shape[0], 1, 1) if len(input_shape) == 3 else (input_shape[0],)
         self.register_buffer("mean", self._stat("mean", mean, 0.0, stat_shape, kw))
         self.register_buffer("std", self._stat("std", std, 1.0, stat_shape, kw))
+        for stat in ("mean", "std"):
+            if not bool(torch.isfinite(getattr(self, stat)).all()):
+                raise ValueError(f"{stat} must be finite, got {getattr(self, stat).flatten().tolist()}")
         if not bool((self.std > 0).all()):
             raise ValueError("std must be positive")
 
@@ -200,7 +231,7 @@ class LipschitzNet(nn.Module):
             d = width
         blocks += [self._dense_block(d, inner, n_iter, lk) for _ in range(n_dense)]
         self.body = nn.Sequential(*blocks)
-        self.head = LinearNormalized(d, n_classes, **lk)
+        self.head = LinearNormalized(d, num_classes, **lk)
         if layer == "plain":
             _plain_init(self.body, g)
 
@@ -216,26 +247,26 @@ class LipschitzNet(nn.Module):
 
     def _conv_block(self, c: int, k: int, n_iter: int | None, lk: dict) -> nn.Module:
         if self.layer == "sll":
-            return SLLConv2d(c, c, k, n_iter=n_iter or 1, **lk)
+            return SLLConv2d(c, c, k, n_iter=1 if n_iter is None else n_iter, **lk)
         if self.layer == "cpl":
             return CPLConv2d(c, c, k, **lk)
         if self.layer == "aol":
             return nn.Sequential(AOLConv2d(c, c, k, **lk), MaxMin())
         if self.layer == "sr":
-            return nn.Sequential(SRConv2d(c, c, k, n_iter=n_iter or 2, **lk), MaxMin())
-        lk = {k_: v for k_, v in lk.items() if k_ != "generator"}
+            return nn.Sequential(SRConv2d(c, c, k, n_iter=2 if n_iter is None else n_iter, **lk), MaxMin())
+        lk = {k_: v for k_, v in lk.items() if k_ != "generator" and v is not None}  # skip_init: no None device
         return _PlainResidualConv(c, k, **lk)
 
     def _dense_block(self, d: int, inner: int, n_iter: int | None, lk: dict) -> nn.Module:
         if self.layer == "sll":
-            return SLLLinear(d, inner, n_iter=n_iter or 1, **lk)
+            return SLLLinear(d, inner, n_iter=1 if n_iter is None else n_iter, **lk)
         if self.layer == "cpl":
             return CPLLinear(d, inner, **lk)
         if self.layer == "aol":
             return nn.Sequential(AOLLinear(d, d, **lk), MaxMin())
         if self.layer == "sr":
-            return nn.Sequential(SRLinear(d, d, n_iter=n_iter or 2, **lk), MaxMin())
-        lk = {k_: v for k_, v in lk.items() if k_ != "generator"}
+            return nn.Sequential(SRLinear(d, d, n_iter=2 if n_iter is None else n_iter, **lk), MaxMin())
+        lk = {k_: v for k_, v in lk.items() if k_ != "generator" and v is not None}
         return _PlainResidualLinear(d, inner, **lk)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +283,7 @@ class LipschitzNet(nn.Module):
         """Guaranteed ℓ2 Lipschitz constant from the layers' guarantees (upper bound; ``inf`` for "plain").
 
         Args:
-            head: include the LLN last layer (its ``‖Ŵ‖₂`` ≤ √n_classes). Use ``head=False`` with the LLN
+            head: include the LLN last layer (its ``‖Ŵ‖₂`` ≤ √num_classes). Use ``head=False`` with the LLN
                 certificate, which treats the last layer exactly.
 
         Returns:
@@ -261,6 +292,39 @@ class LipschitzNet(nn.Module):
         if self.layer == "plain":
             return math.inf
         body = 1.0 / float(self.std.min())
+        return body * self.head.lipschitz_constant() if head else body
+
+    def export(self) -> nn.Sequential:
+        """Plain torch form: ``Sequential(normalisation, *body, head)`` (Note [export] in ``stabkit.layers``).
+
+        The input normalisation ``(x − mean)/std`` becomes a 1×1 ``nn.Conv2d`` (images) or an ``nn.Linear``
+        (vectors) with weight ``diag(1/std)`` and bias ``−mean/std``.
+        """
+        c = self.input_shape[0]
+        w = self.std.reshape(-1).reciprocal()
+        b = -self.mean.reshape(-1) * w
+        kw = {"device": w.device, "dtype": w.dtype}
+        norm = nn.Conv2d(c, c, 1, **kw) if len(self.input_shape) == 3 else nn.Linear(c, c, **kw)
+        with torch.no_grad():
+            norm.weight.copy_(torch.diag(w).reshape(norm.weight.shape))
+            norm.bias.copy_(b)
+        return nn.Sequential(norm, *export_plain(self.body), export_plain(self.head))
+
+    def lipschitz_bound(self, *, head: bool = True) -> float:
+        """Certified ℓ2 Lipschitz constant of the (eval-mode) network, the protocol of :mod:`stabkit.lipschitz`.
+
+        The construction's guarantee (:meth:`lipschitz_constant`) for the Lipschitz layer types; for ``"plain"``,
+        a bound computed from the current weights (the product of the blocks' ``1 + ‖W2‖‖W1‖``), which holds for
+        every input size.
+
+        Args:
+            head: include the LLN last layer.
+        """
+        if self.layer != "plain":
+            return self.lipschitz_constant(head=head)
+        from stabkit.lipschitz import layer_bounds
+
+        body = float(layer_bounds(self.body).product.detach()) / float(self.std.min())
         return body * self.head.lipschitz_constant() if head else body
 
 

@@ -30,18 +30,34 @@ def input_jacobian_norms(model: nn.Module, x: torch.Tensor, *, batch_size: int =
 
     Shape:
         x: (N, *D) → (N,)
+
+    Raises:
+        ValueError: ``x`` not a finite batch of at least one point, or a bad ``batch_size``.
+
+    Example:
+        >>> import torch
+        >>> layer = torch.nn.Linear(2, 2, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 1.0]]))
+        >>> input_jacobian_norms(layer, torch.ones(4, 2)).tolist()  # σ₁ of the weight, at every point
+        [3.0, 3.0, 3.0, 3.0]
+
+    References:
+        Thesis arXiv:2510.25282, ch. 1 (input sensitivity).
     """
     check_tensor("x", x, min_ndim=2)
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch; pass at least one point, shape (N, *input_shape)")
     check_positive_int("batch_size", batch_size)
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = dict(model.named_buffers())
 
-    def f(xi: torch.Tensor) -> torch.Tensor:  # one point (*D) -> (K,)
-        return functional_call(model, (params, buffers), (xi.unsqueeze(0),)).squeeze(0)
+    def f(xi: torch.Tensor) -> torch.Tensor:  # one point (*D) -> (K,), any output shape flattened
+        return functional_call(model, (params, buffers), (xi.unsqueeze(0),)).reshape(-1)
 
     jac = vmap(jacrev(f))
     norms = []
     for start in range(0, len(x), batch_size):
         j = jac(x[start : start + batch_size])  # (B, K, *D)
-        norms.append(torch.linalg.matrix_norm(j.flatten(2), ord=2))  # (B,)
+        norms.append(torch.linalg.matrix_norm(j.reshape(len(j), -1, x[0].numel()), ord=2))  # (B,)
     return torch.cat(norms)

@@ -1,19 +1,27 @@
-"""Notebook support: parameters, seeds, presets, paths, figures, tables and provenance.
+"""Notebook support: parameters, seeds, presets, paths, figures, tables, claims and provenance.
 
 A notebook's setup cell calls :func:`setup`, which validates the papermill parameters and returns a
 :class:`Context`; everything random in the notebook comes from ``ctx.generator(key)``, everything it writes goes
-through ``ctx.save_table`` / ``ctx.save_figure``.
+through ``ctx.save_table`` / ``ctx.save_figure``, and the numbers a reader checks leave it as claims
+(``ctx.claim`` / ``ctx.save_claims``) with a verdict computed from the numbers.
 
 Decisions:
 
 * Seeds: a root seed and a string key give a 63-bit seed through SHA-256 (stable across Python runs and
   machines, unlike ``hash()``), so adding an experiment never shifts the random streams of the others.
-* Outputs go to ``figures/`` at the repository root, or to ``$STABKIT_FIGURES_DIR`` when set: the reproduce CLI
-  points it at a temporary folder and moves the files in only when the notebook succeeds, and the test suite
-  points it at a scratch folder.
+* Outputs of a run by hand (papermill, "Run All" in JupyterLab) go to ``build/<scale>/figures/``, never into the
+  tracked references. ``$STABKIT_FIGURES_DIR``, when set, overrides the folder: the reproduce CLI points it at a
+  temporary folder and moves the files into the references ``figures/<scale>/`` only when the notebook succeeds,
+  and the test suite points it at a scratch folder.
 * Figures are byte-stable: fixed metadata, no dates (``SOURCE_DATE_EPOCH``), Agg backend, TrueType fonts in PDF.
+  In a Jupyter kernel, ``save_figure`` also displays the PNG bytes it wrote, so the notebook shows exactly the
+  file on disk.
 * The provenance record (``<notebook>.provenance.json`` beside the figures) holds what varies between runs
-  (git commit, versions, wall time), so that the figures themselves do not.
+  (git commit and dirty flag, library versions, thread count, CPU/GPU model, wall time), so that the figures
+  themselves do not.
+* Claims: ``"match"`` claims compare with a published number within ``atol + rtol·|published|`` (or the
+  published number inside our interval); ``">"`` / ``"<"`` claims compare with a threshold, and an interval that
+  straddles it is "not significant at this scale" rather than a verdict either way.
 """
 
 from __future__ import annotations
@@ -28,12 +36,15 @@ import sys
 import tempfile
 import time
 import types
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
 SCALES = ("ci", "full")
+VERDICTS = ("reproduced", "not significant at this scale", "contradicted", "not comparable")
+PROVENANCE_PACKAGES = ("numpy", "scipy", "matplotlib", "pandas", "papermill")
 PAGE_WIDTH_IN = 6.3  # text width of the thesis page (16 cm): figure sizes derive from it
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
@@ -53,12 +64,50 @@ def repo_root() -> Path:
     )
 
 
-def figures_dir() -> Path:
-    """Where figures and tables are written: ``$STABKIT_FIGURES_DIR`` or ``<root>/figures``."""
-    return Path(os.environ.get("STABKIT_FIGURES_DIR") or repo_root() / "figures")
+def figures_dir(scale: str = "ci") -> Path:
+    """Where a notebook run at ``scale`` writes its figures, tables and claims.
+
+    ``$STABKIT_FIGURES_DIR`` when set (the reproduce CLI's staging folder, or the test suite's scratch folder),
+    else ``<root>/build/<scale>/figures``: a run by hand never overwrites the tracked references
+    (:func:`reference_dir`).
+    """
+    if env := os.environ.get("STABKIT_FIGURES_DIR"):
+        return Path(env)
+    return repo_root() / "build" / _check_scale(scale) / "figures"
+
+
+def reference_dir(scale: str = "ci") -> Path:
+    """The tracked reference outputs of ``scale``: ``<root>/figures/<scale>`` (written by the reproduce CLI only)."""
+    return repo_root() / "figures" / _check_scale(scale)
+
+
+def _check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    return scale
 
 
 # --------------------------------------------------------------------------------------------------- manifest
+class Tolerance(NamedTuple):
+    """How far a fresh run's numbers may move from the committed references (``reproduce --check``).
+
+    A number passes when ``|new - ref| <= atol + rtol·|ref|``, with the column's own ``(rtol, atol)`` where
+    ``columns`` names it; text columns must be equal; columns in ``ignore`` are not compared. ``fraction`` is the
+    share of a column's cells allowed to fail that (per-example outputs of trained or sampled models, where a few
+    predictions flip or a radius drops to 0 on another CPU).
+    """
+
+    kind: Literal["deterministic", "statistical"]  # statistical: sampled or trained numbers (looser, per column)
+    rtol: float
+    atol: float
+    columns: dict[str, tuple[float, float]]  # column -> (rtol, atol)
+    ignore: tuple[str, ...]
+    fraction: float = 0.0
+
+
+DEFAULT_TOLERANCE = Tolerance("deterministic", 1e-6, 1e-9, {}, (), 0.0)
+
+
 class ManifestEntry(NamedTuple):
     """One regenerated item of the thesis (a figure, a table or a number)."""
 
@@ -71,6 +120,7 @@ class ManifestEntry(NamedTuple):
     full_needs_gpu: bool
     published: str | None  # the published number it is compared with, if any
     timed: bool  # shows wall-clock measurements: differs between runs (every other output is byte-stable)
+    tolerance: Tolerance = DEFAULT_TOLERANCE  # of `reproduce --check` (not applied to timed entries)
 
 
 def load_manifest(path: str | os.PathLike | None = None) -> dict[str, ManifestEntry]:
@@ -82,13 +132,17 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict[str, ManifestEn
     entries = raw.get("entries")
     if not isinstance(entries, dict):
         raise ValueError(f"{path}: expected a mapping 'entries: {{id: {{...}}}}'")
+    unknown_top = set(raw) - {"entries", "default_tolerance"}
+    if unknown_top:
+        raise ValueError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown_top))}")
+    default = _tolerance(raw.get("default_tolerance") or {}, DEFAULT_TOLERANCE, f"{path}: default_tolerance")
     manifest, stems = {}, {}
     required = {"chapter", "notebook", "title", "outputs", "runtime", "full_needs_gpu"}
     for key, item in entries.items():
         missing = required - set(item or {})
         if missing:
             raise ValueError(f"{path}: entry {key!r} lacks {', '.join(sorted(missing))}")
-        unknown = set(item) - required - {"published", "timed"}
+        unknown = set(item) - required - {"published", "timed", "tolerance"}
         if unknown:
             raise ValueError(f"{path}: entry {key!r} has unknown fields {', '.join(sorted(unknown))}")
         if set(item["runtime"]) != set(SCALES):
@@ -107,8 +161,48 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict[str, ManifestEn
             full_needs_gpu=bool(item["full_needs_gpu"]),
             published=item.get("published"),
             timed=bool(item.get("timed", False)),
+            tolerance=_tolerance(item.get("tolerance") or {}, default, f"{path}: entry {key!r} tolerance"),
         )
     return manifest
+
+
+def _tolerance(raw: dict, base: Tolerance, where: str) -> Tolerance:
+    """Parse a manifest ``tolerance`` mapping over ``base`` (unspecified keys keep ``base``'s values)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping {{rtol, atol, kind, columns, ignore}}")
+    unknown = set(raw) - {"rtol", "atol", "kind", "columns", "ignore", "fraction"}
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+
+    def number(x, name):
+        if isinstance(x, bool) or not isinstance(x, int | float | str):
+            raise ValueError(f"{where}: {name} must be a non-negative number, got {x!r}")
+        try:
+            v = float(x)  # YAML reads 1e-6 (no dot) as a string
+        except ValueError:
+            raise ValueError(f"{where}: {name} must be a non-negative number, got {x!r}") from None
+        if not v >= 0:
+            raise ValueError(f"{where}: {name} must be a non-negative number, got {x!r}")
+        return v
+
+    kind = raw.get("kind", base.kind)
+    if kind not in ("deterministic", "statistical"):
+        raise ValueError(f"{where}: kind must be 'deterministic' or 'statistical', got {kind!r}")
+    rtol = number(raw.get("rtol", base.rtol), "rtol")
+    atol = number(raw.get("atol", base.atol), "atol")
+    columns = {}
+    for col, spec in (raw.get("columns") or {}).items():
+        if not isinstance(spec, dict) or not set(spec) <= {"rtol", "atol"}:
+            raise ValueError(f"{where}: columns.{col} must be a mapping with rtol and/or atol")
+        columns[str(col)] = (number(spec.get("rtol", rtol), f"columns.{col}.rtol"),
+                             number(spec.get("atol", atol), f"columns.{col}.atol"))  # fmt: skip
+    ignore = raw.get("ignore", list(base.ignore))
+    if not isinstance(ignore, list) or not all(isinstance(c, str) for c in ignore):
+        raise ValueError(f"{where}: ignore must be a list of column names")
+    fraction = number(raw.get("fraction", base.fraction), "fraction")
+    if fraction > 1:
+        raise ValueError(f"{where}: fraction is a share of cells, in [0, 1], got {fraction}")
+    return Tolerance(kind, rtol, atol, columns, tuple(ignore), fraction)
 
 
 # ------------------------------------------------------------------------------------------------------ seeds
@@ -118,9 +212,259 @@ def derive_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+# ----------------------------------------------------------------------------------------------------- claims
+class Claim(NamedTuple):
+    """A claim of the paper checked against our number, with the verdict the numbers give.
+
+    ``verdict`` is one of :data:`VERDICTS`; ``reason`` says why (the tolerance or threshold that decided, or why
+    the numbers are not comparable).
+    """
+
+    entry: str  # manifest id the claim belongs to
+    statement: str  # the paper's claim in one sentence
+    value: float  # our number
+    interval: tuple[float, float] | None  # (low, high) uncertainty of `value`; None: deterministic
+    uncertainty: str  # how the interval was made
+    published: float | None  # the published number, if any
+    expect: Literal["match", ">", "<"]
+    threshold: float
+    rtol: float
+    atol: float
+    scale: str  # the scale the notebook ran at
+    verdict: str
+    reason: str
+
+
+CLAIM_COLUMNS = (
+    "entry",
+    "statement",
+    "published",
+    "value",
+    "low",
+    "high",
+    "uncertainty",
+    "expect",
+    "threshold",
+    "rtol",
+    "atol",
+    "scale",
+    "verdict",
+    "reason",
+)
+
+
+def judge(
+    value: float,
+    *,
+    interval: tuple[float, float] | None = None,
+    published: float | None = None,
+    expect: Literal["match", ">", "<"] = "match",
+    threshold: float = 0.0,
+    rtol: float = 0.0,
+    atol: float = 0.0,
+    not_comparable: str | None = None,
+) -> tuple[str, str]:
+    """The verdict of a claim and the reason, from the numbers alone (see :meth:`Context.claim`).
+
+    Returns:
+        ``(verdict, reason)`` with ``verdict`` one of :data:`VERDICTS`.
+    """
+    if not_comparable:
+        return "not comparable", str(not_comparable)
+    if expect == "match":
+        tol = atol + rtol * abs(published)
+        diff = abs(value - published)
+        if diff <= tol:
+            return "reproduced", f"|ours − published| = {diff:.3g} ≤ {tol:.3g}"
+        if interval is not None and interval[0] <= published <= interval[1]:
+            return "reproduced", "published value inside our interval"
+        where = "outside our interval and " if interval is not None else ""
+        return "contradicted", f"{where}|ours − published| = {diff:.3g} > {tol:.3g}"
+    above = expect == ">"
+    low, high = interval if interval is not None else (value, value)
+    side = ">" if above else "<"
+    if (low > threshold) if above else (high < threshold):
+        what = "whole interval" if interval is not None else "value"
+        return "reproduced", f"{what} {side} {threshold:.4g}"
+    if (high <= threshold) if above else (low >= threshold):
+        what = "whole interval" if interval is not None else "value"
+        return "contradicted", f"{what} {'≤' if above else '≥'} {threshold:.4g}"
+    return "not significant at this scale", f"interval [{low:.4g}, {high:.4g}] contains {threshold:.4g}"
+
+
+def _real(name: str, x: Any, *, allow_none: bool = False) -> float | None:
+    if x is None and allow_none:
+        return None
+    if isinstance(x, bool) or not hasattr(x, "__float__"):
+        raise ValueError(f"{name} must be a real number, got {x!r}")
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {x!r}") from None
+    if v != v:
+        raise ValueError(f"{name} is NaN; a claim needs a number (record why it is missing with not_comparable=...)")
+    return v
+
+
+def binomial_interval(k: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper–Pearson (exact) interval of a proportion ``k / n``.
+
+    Args:
+        k: successes, ``0 <= k <= n``.
+        n: trials, ``n >= 1``.
+        confidence: coverage of the interval, in (0, 1).
+
+    Returns:
+        ``(low, high)`` bounds of the proportion.
+
+    Raises:
+        ValueError: ``k`` or ``n`` not integers in range, or ``confidence`` outside (0, 1).
+
+    References:
+        Clopper & Pearson, *The use of confidence or fiducial limits illustrated in the case of the binomial*,
+        Biometrika 1934.
+    """
+    import numpy as np
+    from scipy.stats import binomtest
+
+    for name, v in (("k", k), ("n", n)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise ValueError(f"{name} must be an integer, got {v!r}")
+    k, n = int(k), int(n)
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    _check_confidence(confidence)
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def bootstrap_interval(
+    samples: Sequence[float],
+    *,
+    statistic: Callable = None,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int,
+) -> tuple[float, float]:
+    """Bootstrap confidence interval of ``statistic(samples)`` (BCa, percentile where BCa is undefined).
+
+    Args:
+        samples: one-dimensional finite samples (at least 2).
+        statistic: a function of a 1-D array (``numpy.mean`` when ``None``); it may take ``axis``.
+        confidence: coverage of the interval, in (0, 1).
+        n_resamples: bootstrap resamples.
+        seed: seed of the resampling (the interval is reproducible; the global RNG is never used).
+
+    Returns:
+        ``(low, high)``.
+
+    Raises:
+        ValueError: fewer than two samples, non-finite samples, or invalid options.
+
+    References:
+        Efron, *Better bootstrap confidence intervals*, JASA 1987 (BCa).
+    """
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    statistic = np.mean if statistic is None else statistic
+    x = np.asarray(samples, dtype=float).ravel()
+    if x.size < 2 or not np.isfinite(x).all():
+        raise ValueError(f"need at least 2 finite samples, got {x.size} (non-finite: {int((~np.isfinite(x)).sum())})")
+    _check_confidence(confidence)
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    if np.all(x == x[0]):
+        v = float(statistic(x))
+        return v, v
+    import warnings
+
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # BCa on degenerate resamples warns and returns NaN: fall back
+            res = bootstrap(
+                (x,),
+                statistic,
+                confidence_level=confidence,
+                n_resamples=n_resamples,
+                method=method,
+                rng=np.random.default_rng(seed),
+            )
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if np.isfinite(low) and np.isfinite(high):
+            return low, high
+    raise ValueError("the bootstrap interval is undefined for these samples")
+
+
+def seed_interval(values: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """Mean and min–max range over seeds: ``(mean, (low, high))``.
+
+    Raises:
+        ValueError: no values, or a non-finite value.
+    """
+    import numpy as np
+
+    x = np.asarray(values, dtype=float).ravel()
+    if x.size < 1 or not np.isfinite(x).all():
+        raise ValueError(f"need at least one finite value per seed, got {list(x)}")
+    return float(x.mean()), (float(x.min()), float(x.max()))
+
+
+def _check_confidence(confidence: float) -> None:
+    if isinstance(confidence, bool) or not isinstance(confidence, float | int) or not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+
+
+def claims_frame(claims: Sequence[Claim]):
+    """The claims as a pandas DataFrame with the columns :data:`CLAIM_COLUMNS` (the ``.claims.csv`` layout)."""
+    import pandas as pd
+
+    rows = [
+        {
+            **{k: getattr(c, k) for k in CLAIM_COLUMNS if k not in ("low", "high")},
+            "low": c.interval[0] if c.interval is not None else None,
+            "high": c.interval[1] if c.interval is not None else None,
+        }
+        for c in claims
+    ]
+    return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
+
+
+def format_claims(claims: Sequence[Claim]) -> str:
+    """A plain-text table of claims: entry, statement, published, ours (with interval), verdict."""
+    if not claims:
+        return "no claims recorded"
+    rows = [("entry", "claim", "published", "ours", "verdict")]
+    for c in claims:
+        rows.append((c.entry, c.statement, _fmt(c.published), _fmt_value(c), c.verdict))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4g}"
+
+
+def _fmt_value(c: Claim) -> str:
+    text = f"{c.value:.4g}"
+    if c.interval is not None:
+        text += f" [{c.interval[0]:.4g}, {c.interval[1]:.4g}]"
+    if c.expect != "match":
+        text += f" ({c.expect} {c.threshold:.4g})"
+    return text
+
+
 # ---------------------------------------------------------------------------------------------------- context
 class Context:
-    """What a notebook's setup returns: validated parameters, the preset, seeds and output helpers."""
+    """What a notebook's setup returns: validated parameters, the preset, seeds and output helpers.
+
+    Attributes:
+        progress: whether the notebook should show the library's progress bars (``fit(progress=...)``): the
+            preset key ``progress``, or ``$STABKIT_PROGRESS=1`` (set by ``reproduce --progress``).
+        figures_dir: where this run writes (see :func:`figures_dir`).
+    """
 
     def __init__(self, notebook: str, params: dict[str, Any], preset: dict[str, Any], stems: set[str]):
         self.notebook = notebook
@@ -130,9 +474,18 @@ class Context:
         self.device = torch.device(params["device"])
         self.data_root = repo_root() / params["data_root"]
         self.preset = types.SimpleNamespace(**preset)
+        self.progress: bool = bool(preset.get("progress", False)) or os.environ.get("STABKIT_PROGRESS") == "1"
         self._stems = stems
+        self._entries = {e.id for e in load_manifest().values() if e.notebook == notebook}
         self._outputs: list[str] = []
+        self._claims: dict[tuple[str, str], Claim] = {}
+        self._run_info: dict[str, Any] | None = None
         self._start = time.perf_counter()
+
+    @property
+    def figures_dir(self) -> Path:
+        """Where this run writes its outputs."""
+        return figures_dir(self.scale)
 
     def generator(self, key: str, *, device: str | torch.device | None = None) -> torch.Generator:
         """A torch generator on the notebook's device (or ``device``), seeded from (root seed, key)."""
@@ -157,6 +510,21 @@ class Context:
 
         return np.random.default_rng(derive_seed(self.seed, key))
 
+    def checkpoint_path(self, key: str) -> Path:
+        """Where a long training run named ``key`` keeps its checkpoint (pass it to ``fit(checkpoint=...)``).
+
+        ``build/<scale>/checkpoints/<notebook>/<key>-<hash>.pt``, where the hash covers the notebook's parameters
+        (seed, dataset, ...): a rerun with the same parameters resumes, a run with other parameters starts
+        afresh. The folder is created; the file is not.
+        """
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError(f"checkpoint key must be a non-empty string, got {key!r}")
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key.strip())
+        digest = hashlib.sha256(json.dumps(self.params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        folder = repo_root() / "build" / self.scale / "checkpoints" / self.notebook
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{safe}-{digest}.pt"
+
     def _check_stem(self, stem: str) -> None:
         if stem not in self._stems:
             raise ValueError(
@@ -170,7 +538,7 @@ class Context:
         Returns nothing, so that a notebook cell ending with it displays nothing (no paths in stored outputs).
         """
         self._check_stem(stem)
-        path = figures_dir() / f"{stem}.csv"
+        path = self.figures_dir / f"{stem}.csv"
         _atomic_write(path, df.to_csv(index=False, float_format="%.8g", lineterminator="\n").encode())
         self._record(path.name)
 
@@ -179,44 +547,211 @@ class Context:
         import pandas as pd
 
         self._check_stem(stem)
-        return pd.read_csv(figures_dir() / f"{stem}.csv")
+        return pd.read_csv(self.figures_dir / f"{stem}.csv")
 
     def save_figure(self, fig, stem: str) -> None:
-        """Save ``fig`` as ``<stem>.png`` and ``<stem>.pdf``, byte-stable, and close it. Prints and returns nothing."""
+        """Save ``fig`` as ``<stem>.png`` and ``<stem>.pdf``, byte-stable, show the PNG in a kernel, close ``fig``.
+
+        In a Jupyter kernel (Lab, papermill, nbval) the PNG bytes just written are displayed under the cell, so
+        the notebook shows exactly the file on disk; elsewhere nothing is shown. Returns nothing.
+        """
         import io
 
         import matplotlib.pyplot as plt
 
         self._check_stem(stem)
+        png = b""
         for ext, meta in (
             ("png", {"Software": None}),
             ("pdf", {"Creator": None, "Producer": None, "CreationDate": None}),
         ):
             buf = io.BytesIO()
             fig.savefig(buf, format=ext, dpi=150, metadata=meta, bbox_inches="tight")
-            path = figures_dir() / f"{stem}.{ext}"
+            path = self.figures_dir / f"{stem}.{ext}"
             _atomic_write(path, buf.getvalue())
             self._record(path.name)
+            if ext == "png":
+                png = buf.getvalue()
         plt.close(fig)
+        _display_png(png)
+
+    def claim(
+        self,
+        entry: str,
+        statement: str,
+        value: float,
+        *,
+        interval: tuple[float, float] | None = None,
+        uncertainty: str = "",
+        published: float | None = None,
+        expect: Literal["match", ">", "<"] = "match",
+        threshold: float = 0.0,
+        rtol: float = 0.0,
+        atol: float = 0.0,
+        not_comparable: str | None = None,
+    ) -> Claim:
+        """Record a claim of the paper with our number, and return it with its verdict.
+
+        Args:
+            entry: the manifest id the claim belongs to (one of this notebook's entries).
+            statement: the paper's claim in one sentence.
+            value: our number.
+            interval: ``(low, high)`` uncertainty of ``value`` (:func:`binomial_interval`,
+                :func:`bootstrap_interval`, :func:`seed_interval`); ``None`` for a deterministic number.
+            uncertainty: how the interval was made, e.g. ``"95% Clopper-Pearson, n=449"``; required with one.
+            published: the published number, if any (required for ``expect="match"``).
+            expect: ``"match"``: ``value`` agrees with ``published``; ``">"`` / ``"<"``: ``value`` is above /
+                below ``threshold``.
+            threshold: the threshold of ``">"`` / ``"<"``.
+            rtol, atol: tolerance of ``"match"``: reproduced when ``|value - published| <= atol +
+                rtol·|published|`` or ``published`` lies in ``interval``; contradicted otherwise.
+            not_comparable: a reason why our number cannot be compared (verdict ``"not comparable"``).
+
+        Returns:
+            The :class:`Claim`. For ``">"`` / ``"<"`` with an interval: reproduced if the whole interval is on
+            the claimed side, contradicted if it is all on the other side, otherwise not significant at this
+            scale; without an interval the value decides. Recording the same (entry, statement) again replaces
+            the earlier claim (a cell re-run in Lab).
+
+        Raises:
+            ValueError: an entry of another notebook, an empty statement, a NaN number, an invalid interval or
+                tolerance, or ``"match"`` without a published number.
+        """
+        if entry not in self._entries:
+            raise ValueError(
+                f"claim entry {entry!r} is not a manifest entry of notebook {self.notebook!r} "
+                f"(its entries: {', '.join(sorted(self._entries))})"
+            )
+        if not isinstance(statement, str) or not statement.strip():
+            raise ValueError("a claim needs its statement: the paper's claim in one sentence")
+        if expect not in ("match", ">", "<"):
+            raise ValueError(f"expect must be 'match', '>' or '<', got {expect!r}")
+        if not_comparable is not None and (not isinstance(not_comparable, str) or not not_comparable.strip()):
+            raise ValueError("not_comparable must be a non-empty reason string (or None)")
+        value = _real("value", value)
+        published = _real("published", published, allow_none=True)
+        threshold = _real("threshold", threshold)
+        rtol, atol = _real("rtol", rtol), _real("atol", atol)
+        if rtol < 0 or atol < 0:
+            raise ValueError(f"rtol and atol must be non-negative, got rtol={rtol}, atol={atol}")
+        if interval is not None:
+            if len(interval) != 2:
+                raise ValueError(f"interval must be (low, high), got {interval!r}")
+            low, high = _real("interval low", interval[0]), _real("interval high", interval[1])
+            if low > high:
+                raise ValueError(f"interval low {low} is above high {high}")
+            interval = (low, high)
+            if not uncertainty:
+                raise ValueError("an interval needs its uncertainty text, e.g. '95% Clopper-Pearson, n=449'")
+        if expect == "match" and published is None and not_comparable is None:
+            raise ValueError(
+                "expect='match' needs the published number; use expect='>' / '<' with a threshold, or "
+                "not_comparable='why'"
+            )
+        verdict, reason = judge(
+            value,
+            interval=interval,
+            published=published,
+            expect=expect,
+            threshold=threshold,
+            rtol=rtol,
+            atol=atol,
+            not_comparable=not_comparable,
+        )
+        claim = Claim(
+            entry=entry,
+            statement=statement.strip(),
+            value=value,
+            interval=interval,
+            uncertainty=str(uncertainty),
+            published=published,
+            expect=expect,
+            threshold=threshold,
+            rtol=rtol,
+            atol=atol,
+            scale=self.scale,
+            verdict=verdict,
+            reason=reason,
+        )
+        self._claims[(entry, claim.statement)] = claim
+        return claim
+
+    @property
+    def claims(self) -> list[Claim]:
+        """The claims recorded so far, in order."""
+        return list(self._claims.values())
+
+    def save_claims(self) -> None:
+        """Print the claims table and write ``<notebook>.claims.csv`` beside the figures (a notebook's last cell)."""
+        import pandas as pd
+
+        claims = self.claims
+        frame = claims_frame(claims) if claims else pd.DataFrame(columns=list(CLAIM_COLUMNS))
+        path = self.figures_dir / f"{self.notebook}.claims.csv"
+        _atomic_write(path, frame.to_csv(index=False, float_format="%.8g", lineterminator="\n").encode())
+        self._record(path.name)
+        print(format_claims(claims))
 
     def _record(self, name: str) -> None:
         if name not in self._outputs:
             self._outputs.append(name)
+        if self._run_info is None:
+            self._run_info = run_info(self.device)
         record = {
             "notebook": self.notebook,
             "parameters": self.params,
             "outputs": self._outputs,
-            "git_commit": _git_commit(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-            "device": str(self.device)
-            + (f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""),
+            **self._run_info,
             "wall_time_s": round(time.perf_counter() - self._start, 1),
         }
         _atomic_write(
-            figures_dir() / f"{self.notebook}.provenance.json", (json.dumps(record, indent=1) + "\n").encode()
+            self.figures_dir / f"{self.notebook}.provenance.json", (json.dumps(record, indent=1) + "\n").encode()
         )
+
+
+def run_info(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """What identifies a run: git commit and dirty flag, Python, torch and library versions, threads, machine."""
+    from importlib import metadata
+
+    device = torch.device(device)
+    versions = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    commit, dirty = _git_state()
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **versions,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model() or platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+    }
+
+
+def _display_png(png: bytes) -> None:
+    """Show PNG bytes under the running cell when inside a Jupyter kernel (no-op elsewhere)."""
+    if not _in_kernel():
+        return
+    from IPython import display
+
+    display.display(display.Image(data=png, format="png"))
+
+
+def _in_kernel() -> bool:
+    """Whether the code runs in a Jupyter kernel (Lab, papermill, nbval), not a terminal IPython or script."""
+    if "IPython" not in sys.modules:  # never import IPython just to find out
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
 
 
 def setup(
@@ -242,6 +777,9 @@ def setup(
             here: ``threads``, when present and positive, sets torch's intra-op thread count
             (``torch.set_num_threads``; tiny models run fastest on one thread of a shared CPU); 0 or absent
             leaves torch's default. It is a process-wide setting, so a notebook never sets it itself.
+            ``progress`` (bool) becomes ``ctx.progress``: whether the notebook shows the library's progress bars
+            (typically off at ci, on above). ``download`` (bool), the notebook's permission to fetch MNIST /
+            CIFAR-10, is forced on by ``$STABKIT_DOWNLOAD=1`` (what ``reproduce -p download=true`` sets).
         scale, seed, device, data_root: the standard parameters.
         **extra: the notebook's other parameters (``dataset`` is checked against :data:`stabkit.data.DATASETS`).
 
@@ -285,6 +823,9 @@ def setup(
     threads = presets[scale].get("threads", 0)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ValueError(f"preset key threads must be a non-negative integer (0 = torch's default), got {threads!r}")
+    for key in ("progress", "download"):
+        if key in presets[scale] and not isinstance(presets[scale][key], bool):
+            raise ValueError(f"preset key {key} must be True or False, got {presets[scale][key]!r}")
     if "dataset" in extra:
         from stabkit.data import DATASETS
 
@@ -303,7 +844,10 @@ def setup(
     _set_style()
     if threads:
         torch.set_num_threads(threads)
-    return Context(notebook, params, presets[scale], stems)
+    preset = dict(presets[scale])
+    if os.environ.get("STABKIT_DOWNLOAD") == "1" and "download" in preset:
+        preset["download"] = True
+    return Context(notebook, params, preset, stems)
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -343,25 +887,32 @@ def _set_style() -> None:
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-    os.replace(tmp, path)
-
-
-def _git_commit() -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=repo_root(),
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt leaves neither a half file nor the temporary one
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _git_state() -> tuple[str | None, bool | None]:
+    """(HEAD commit, whether tracked files differ from it); None where git or the checkout is missing."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = (git("rev-parse", "HEAD") or "").strip() or None
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return commit, (bool(status.strip()) if status is not None else None)
 
 
 class Timing(NamedTuple):

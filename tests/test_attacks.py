@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from stabkit.attacks import classification_margin, minimal_perturbation, pgd_l2
-from stabkit.certify import certify, margin_certificate, soundness_audit
+from stabkit.certify.margin import certify_model, margin_certificate, soundness_audit
 from stabkit.data import load
 from stabkit.losses import multiclass_hinge, offset_cross_entropy
 from stabkit.models import LipschitzNet
@@ -216,7 +216,7 @@ def test_audit_catches_torch_spectral_norm_conv_claimed_one_lipschitz():
     )
     model = _train(model, Xtr, ytr, epochs=3)
     x = Xte[:100]
-    cert = certify(model, x, lipschitz=1.0)
+    cert = certify_model(model, x, lipschitz=1.0)
     assert int((cert.radius > 0).sum()) > 50
     audit = soundness_audit(model, x, certificate=cert, n_iter=20, n_targets=3)
     assert audit.n_violations > 0
@@ -230,7 +230,7 @@ def test_audit_trained_lipschitz_nets_have_no_violation(layer):
     loss = offset_cross_entropy if layer in ("sll", "aol") else (lambda z, t: multiclass_hinge(z, t, margin=0.7))
     model = _train(model, Xtr, ytr, epochs=3, lr=5e-3, loss=loss)
     x = Xte[:120]
-    cert = certify(model, x)  # LLN certificate with the body's guaranteed constant
+    cert = certify_model(model, x)  # LLN certificate with the body's guaranteed constant
     assert int((cert.radius > 0).sum()) > 60
     assert float(cert.radius.max()) > 0.05  # non-trivial balls, so the audit tests something
     audit = soundness_audit(model, x, certificate=cert, n_iter=20, n_targets=3)

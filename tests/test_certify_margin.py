@@ -5,14 +5,8 @@ import math
 import pytest
 import torch
 
-from stabkit.certify import (
-    MarginCertificate,
-    certified_accuracy,
-    certify,
-    lln_certificate,
-    margin_certificate,
-    network_lipschitz,
-)
+from stabkit.certify import Certificate, certified_accuracy
+from stabkit.certify.margin import certify_model, lln_certificate, margin_certificate, network_lipschitz
 
 SQRT2 = math.sqrt(2.0)
 
@@ -38,7 +32,7 @@ def _exact_linear_distance(W, b, x):
 def test_margin_certificate_hand_computed():
     logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 0.5, 2.5], [1.0, 1.0, -1.0]], dtype=torch.float64)
     cert = margin_certificate(logits, lipschitz=1.0)
-    assert isinstance(cert, MarginCertificate)
+    assert isinstance(cert, Certificate)
     assert cert.prediction.tolist() == [0, 2, 0]
     torch.testing.assert_close(cert.radius, torch.tensor([2 / SQRT2, 2 / SQRT2, 0.0], dtype=torch.float64))
     # L scales the radius as 1/L
@@ -85,7 +79,7 @@ def test_lln_certificate_hand_computed_and_identical_rows():
 
 
 def test_certified_accuracy_hand_computed_and_monotone():
-    cert = MarginCertificate(torch.tensor([0, 1, 2, 1]), torch.tensor([0.5, 0.1, 0.0, 2.0]))
+    cert = Certificate(torch.tensor([0, 1, 2, 1]), torch.tensor([0.5, 0.1, 0.0, 2.0]))
     labels = torch.tensor([0, 1, 2, 0])
     acc = certified_accuracy(cert, labels, [0.0, 0.05, 0.1, 0.4, 1.0])
     # ε = 0: clean accuracy 3/4; 0.05: points 0, 1; 0.1: strict, point 0 only; 0.4: point 0; 1.0: none correct
@@ -121,12 +115,12 @@ def test_certify_reads_the_model_claim_and_detects_lln():
     )
     x = torch.randn(50, 6, generator=g, dtype=torch.float64)
     model = _Claims(W, b, claim=2.0).train()
-    cert = certify(model, x, batch_size=7)
+    cert = certify_model(model, x, batch_size=7)
     assert model.training  # mode restored
     torch.testing.assert_close(cert.radius, margin_certificate(x @ W.T + b, lipschitz=2.0).radius)
-    lln = certify(_Claims(W, b, claim=lambda: 1.0, lln=True), x)
+    lln = certify_model(_Claims(W, b, claim=lambda: 1.0, lln=True), x)
     torch.testing.assert_close(lln.radius, lln_certificate(x @ W.T + b, W).radius)
-    forced = certify(_Claims(W, b, claim=1.0, lln=True), x, lln=False, lipschitz=3.0)
+    forced = certify_model(_Claims(W, b, claim=1.0, lln=True), x, lln=False, lipschitz=3.0)
     torch.testing.assert_close(forced.radius, margin_certificate(x @ W.T + b, lipschitz=3.0).radius)
     assert network_lipschitz(model) == 2.0
 
@@ -146,6 +140,6 @@ def test_bad_input():
     with pytest.raises(ValueError, match="labels has shape"):
         certified_accuracy(cert, torch.zeros(4, dtype=torch.int64), [0.1])
     with pytest.raises(ValueError, match="declares no Lipschitz guarantee"):
-        certify(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+        certify_model(torch.nn.Linear(2, 2), torch.zeros(1, 2))
     with pytest.raises(ValueError, match="normalized_weight"):
-        certify(torch.nn.Linear(2, 2), torch.zeros(1, 2), lipschitz=1.0, lln=True)
+        certify_model(torch.nn.Linear(2, 2), torch.zeros(1, 2), lipschitz=1.0, lln=True)

@@ -10,7 +10,7 @@ from stabkit.curvature import (
     HessianOperator,
     ParameterSpace,
     hutchinson_trace,
-    power_iteration,
+    power_eigenpairs,
     slq_density,
     spectral_density,
     top_eigenvalues,
@@ -98,7 +98,7 @@ def test_batchnorm_in_train_mode_is_refused_and_eval_leaves_buffers():
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_lanczos_and_power_iteration_match_eigvalsh(seed):
+def test_lanczos_and_power_eigenpairs_match_eigvalsh(seed):
     model, (x, y) = mlp(seed), batch(seed)
     exact = torch.linalg.eigvalsh(exact_hessian(model, x, y)).flip(0)  # decreasing
     H = HessianOperator(model, (x, y))
@@ -108,7 +108,7 @@ def test_lanczos_and_power_iteration_match_eigvalsh(seed):
     for i in range(3):
         u = top.eigenvectors[:, i]
         torch.testing.assert_close(H @ u, top.eigenvalues[i] * u, rtol=1e-6, atol=1e-8)
-    pw = power_iteration(H, k=1, n_iter=2000, tol=1e-12)
+    pw = power_eigenpairs(H, k=1, n_iter=2000, tol=1e-12)
     # the top of a small MLP's Hessian dominates in magnitude, so power iteration finds it
     assert exact[0] > abs(exact[-1])
     torch.testing.assert_close(pw.eigenvalues[0], exact[0], rtol=1e-6, atol=1e-10)
@@ -116,12 +116,12 @@ def test_lanczos_and_power_iteration_match_eigvalsh(seed):
     assert pw.eigenvalues[0] <= exact[0] + 1e-12
 
 
-def test_power_iteration_deflation_and_magnitude_on_explicit_matrix():
+def test_power_eigenpairs_deflation_and_magnitude_on_explicit_matrix():
     g = torch.Generator().manual_seed(0)
     Q, _ = torch.linalg.qr(torch.randn(40, 40, generator=g, dtype=torch.float64))
     lam = torch.cat([torch.tensor([10.0, 5.0, -7.0]), torch.linspace(-1, 1, 37)]).double()
     A = Q @ torch.diag(lam) @ Q.T
-    pw = power_iteration(A, k=3, n_iter=5000, tol=1e-14, generator=g)
+    pw = power_eigenpairs(A, k=3, n_iter=5000, tol=1e-14, generator=g)
     torch.testing.assert_close(pw.eigenvalues, torch.tensor([10.0, 5.0, -7.0]).double(), rtol=1e-6, atol=1e-6)
     la = top_eigenvalues(A, k=2, tol=1e-12, generator=g)
     torch.testing.assert_close(la.eigenvalues, torch.tensor([10.0, 5.0]).double(), rtol=1e-10, atol=1e-10)
@@ -132,8 +132,8 @@ def test_power_iteration_deflation_and_magnitude_on_explicit_matrix():
 def test_eigensolvers_are_deterministic_with_a_generator():
     model, (x, y) = mlp(0), batch(0)
     H = HessianOperator(model, (x, y))
-    a = power_iteration(H, n_iter=5, generator=torch.Generator().manual_seed(7))
-    b = power_iteration(H, n_iter=5, generator=torch.Generator().manual_seed(7))
+    a = power_eigenpairs(H, n_iter=5, generator=torch.Generator().manual_seed(7))
+    b = power_eigenpairs(H, n_iter=5, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a.eigenvectors, b.eigenvectors)
     c = top_eigenvalues(H, k=2, generator=torch.Generator().manual_seed(7))
     d = top_eigenvalues(H, k=2, generator=torch.Generator().manual_seed(7))
@@ -213,7 +213,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="which"):
         top_eigenvalues(H, which="BE")
     with pytest.raises(ValueError, match="square"):
-        power_iteration(torch.ones(3, 4))
+        power_eigenpairs(torch.ones(3, 4))
     with pytest.raises(ValueError, match="same length"):
         HessianOperator(model, (x, y[:3]))
     with pytest.raises(ValueError, match="empty"):
@@ -243,3 +243,21 @@ def test_linear_operator_view_works_with_scipy():
     top = eigsh(lin, k=1, which="LA", v0=v0, return_eigenvectors=False)
     exact = torch.linalg.eigvalsh(exact_hessian(model, x, y))[-1]
     assert float(top[0]) == pytest.approx(float(exact), rel=1e-8)
+
+
+def test_empty_batches_and_non_symmetric_matrices_are_refused():
+    model, (x, y) = mlp(0), batch(0)
+    with pytest.raises(ValueError, match="no examples"):
+        HessianOperator(model, (x[:0], y[:0]))
+    # an empty batch inside a loader adds nothing: same operator as without it
+    v = torch.randn(75, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with_empty = HessianOperator(model, [(x, y), (x[:0], y[:0])])
+    torch.testing.assert_close(with_empty @ v, HessianOperator(model, (x, y)) @ v)
+    a = torch.randn(5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for solver in (top_eigenvalues, power_eigenpairs, hutchinson_trace):
+        with pytest.raises(ValueError, match="symmetric"):
+            solver(a)
+    sym = (a + a.T).float()  # exactly symmetric; float32 rounding of a Gram matrix passes too
+    assert top_eigenvalues(sym, k=1).eigenvalues.shape == (1,)
+    gram = a.float() @ a.float().T
+    assert power_eigenpairs(gram, n_iter=5).eigenvalues.shape == (1,)

@@ -403,3 +403,14 @@ def test_sam_and_activation_decay_plug_into_fit():
         )
         norms[lam] = mean_sq(m)
     assert norms[0.1] < norms[0.0]  # the penalty does shrink the penultimate activations
+
+
+def test_huge_sigma_and_empty_features_get_clear_errors():
+    model = two_layer(0, 3, 5, 4, 1.0)
+    x, y = torch.randn(6, 3, dtype=torch.float64, generator=gen(0)), torch.arange(6) % 4
+    with pytest.raises(ValueError, match="smaller sigma"):
+        smoothed_loss(model, (x, y), sigma=1e300, n_samples=4, generator=gen(1))
+    with pytest.raises(ValueError, match="empty batch"):
+        last_layer_hessian_bound(torch.zeros(0, 5))
+    with pytest.raises(ValueError, match="no examples"):
+        smoothed_loss(model, (x[:0], y[:0]), sigma=0.1, n_samples=4)

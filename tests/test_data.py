@@ -219,3 +219,64 @@ def test_label_noise_is_deterministic_and_seed_dependent():
 def test_label_noise_bad_arguments(args, match):
     with pytest.raises(ValueError, match=match):
         data.symmetric_label_noise(*args, generator=gen())
+
+
+def _copy_test_files(shared_data, folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(shared_data / name, folder / name)
+
+
+def test_a_damaged_deflate_stream_is_a_hash_error_and_deleted(shared_data, tmp_path):
+    _copy_test_files(shared_data, tmp_path / "mnist")
+    p = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
+    b = bytearray(p.read_bytes())
+    b[100] ^= 0xFF  # inside the deflate stream: gzip.decompress raises zlib.error
+    p.write_bytes(bytes(b))
+    with pytest.raises(ValueError, match="could not be decompressed.*deleted"):
+        data.load("mnist-test", root=tmp_path)
+    assert not p.exists()
+
+
+def test_uncompressed_and_recompressed_copies_with_the_published_payload_are_kept(shared_data, tmp_path):
+    _copy_test_files(shared_data, tmp_path / "mnist")
+    reference = data.load("mnist-test", root=tmp_path, generator=gen())
+    images = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
+    labels = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    images.write_bytes(gzip.decompress(images.read_bytes()))  # uncompressed IDX under the .gz name
+    labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes()), compresslevel=1, mtime=1))
+    again = data.load("mnist-test", root=tmp_path, generator=gen())
+    assert images.exists() and labels.exists()
+    assert torch.equal(reference.x_train, again.x_train) and torch.equal(reference.y_test, again.y_test)
+
+
+def test_a_wellformed_train_file_that_cannot_be_verified_is_kept(tmp_path):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    labels = np.arange(60000, dtype=np.uint8) % 10
+    payload = b"\x00\x00\x08\x01" + np.array([60000], dtype=">u4").tobytes() + labels.tobytes()
+    path = folder / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(payload, mtime=0))  # a "re-compressed mirror": MD5 differs, no payload hash
+    with pytest.raises(ValueError, match="cannot be verified; it was kept"):
+        data.fetch_mnist_file(path.name, folder)
+    assert path.exists()
+    path.write_bytes(gzip.compress(payload[:-5], mtime=0))  # truncated: certainly corrupt
+    with pytest.raises(ValueError, match="failed its hash check"):
+        data.fetch_mnist_file(path.name, folder)
+    assert not path.exists()
+
+
+def test_fetch_cli_downloads_verifies_and_reports(shared_data, http_server, tmp_path, monkeypatch, capsys):
+    srv, url = http_server
+    _copy_test_files(shared_data, srv)
+    monkeypatch.setenv("STABKIT_MNIST_URL", url)
+    root = tmp_path / "root"
+    assert data.main(["fetch", "mnist-test", "--root", str(root), "--quiet"]) == 0
+    assert "mnist-test: verified" in capsys.readouterr().out
+    assert data.missing_files("mnist-test", root) == [] and len(data.missing_files("mnist", root)) == 2
+    assert data.main(["fetch", "mnist-test", "--root", str(root)]) == 0  # present: verified, not re-downloaded
+    monkeypatch.setenv("STABKIT_MNIST_URL", "http://127.0.0.1:9/")
+    assert data.main(["fetch", "mnist", "--root", str(root), "--quiet"]) == 1
+    assert "could not download" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        data.main(["fetch", "imagenet"])

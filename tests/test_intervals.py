@@ -1,5 +1,6 @@
 """Tests of stabkit.certify._intervals: references from scipy.stats, coverage by simulation and by exact
-enumeration, and the [C] numbers of THESIS.md §7–8."""
+enumeration, and the reference numbers of arXiv 2309.16883 and 2504.02412 (thesis arXiv:2510.25282, ch. 6 and
+6b)."""
 
 import functools
 import itertools
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from stabkit.certify import (
+from stabkit.certify.stats import (
     bernstein_interval,
     bernstein_shift,
     bonferroni_bounds,
@@ -54,7 +55,7 @@ def test_clopper_pearson_one_sided_matches_scipy_binomtest(k, n):
 
 
 def test_clopper_pearson_thesis_value_and_cohen_radius():
-    # [C] THESIS §7: one-sided lower bound of 99 000 / 100 000 at alpha = 0.001, and Cohen's R_mono at 0.25
+    # [C] arXiv 2309.16883: one-sided lower bound of 99 000 / 100 000 at alpha = 0.001, and Cohen's R_mono at 0.25
     low = clopper_pearson(99_000, 100_000, alpha=0.001, sided="lower").low
     assert low == pytest.approx(0.988989, abs=5e-7)
     assert radius_mono(low, sigma=0.25) == pytest.approx(0.5725, abs=5e-5)
@@ -99,7 +100,7 @@ def test_clopper_pearson_rejects_bad_input():
 
 
 def test_bernstein_shift_thesis_values():
-    # [C] THESIS §7: N = 1e5, alpha' = 1e-4
+    # [C] arXiv 2309.16883: N = 1e5, alpha' = 1e-4
     assert bernstein_shift(0.05, 100_000, alpha=1e-4) == pytest.approx(9.35e-4, abs=5e-7)
     assert bernstein_shift(0.3, 100_000, alpha=1e-4) == pytest.approx(4.45e-3, abs=5e-6)
 
@@ -144,7 +145,7 @@ def test_bernstein_rejects_bad_input():
 # ------------------------------------------------------------------------------------------------------------
 # Bonferroni and CPM
 
-THESIS_COUNTS = [59_000, 26_000, 8_000, 4_000, 2_000, 1_000, 0, 0, 0, 0]
+CPM_COUNTS = [59_000, 26_000, 8_000, 4_000, 2_000, 1_000, 0, 0, 0, 0]
 
 
 def test_bonferroni_bounds_are_clopper_pearson_at_alpha_over_c():
@@ -157,15 +158,15 @@ def test_bonferroni_bounds_are_clopper_pearson_at_alpha_over_c():
 
 
 def test_cpm_thesis_values():
-    # [C] THESIS §8: N = 1e5, sigma = 0.5, alpha = 0.001
-    cpm = cpm_bounds(THESIS_COUNTS, THESIS_COUNTS, alpha=0.001)
+    # [C] arXiv 2504.02412: N = 1e5, sigma = 0.5, alpha = 0.001
+    cpm = cpm_bounds(CPM_COUNTS, CPM_COUNTS, alpha=0.001)
     assert cpm.n_buckets == 3 and cpm.top_class == 0
     assert cpm.p_a == pytest.approx(0.58470, abs=5e-6)
     assert cpm.p_b == pytest.approx(0.26474, abs=5e-6)
     assert radius_multi(cpm.p_a, cpm.p_b, sigma=0.5) == pytest.approx(0.21068, abs=5e-6)
-    bonf = class_bounds(THESIS_COUNTS, THESIS_COUNTS, alpha=0.001, method="bonferroni")
+    bonf = class_bounds(CPM_COUNTS, CPM_COUNTS, alpha=0.001, method="bonferroni")
     assert radius_multi(bonf.p_a, bonf.p_b, sigma=0.5) == pytest.approx(0.21002, abs=5e-6)
-    cohen = class_bounds(THESIS_COUNTS, THESIS_COUNTS, alpha=0.001, method="cohen")
+    cohen = class_bounds(CPM_COUNTS, CPM_COUNTS, alpha=0.001, method="cohen")
     assert radius_mono(cohen.p_a, sigma=0.5) == pytest.approx(0.10759, abs=5e-6)
 
 
@@ -301,10 +302,10 @@ def _validity_by_enumerating_sequences(probs, n, side_alpha, criterion):
 
 @pytest.mark.parametrize("criterion", ["bounds", "radius"])
 def test_bonferroni_counterexample_exact(criterion):
-    """THESIS §8 counter-example: p = (0.5, 0.05, 0.45), n = 10, alpha = 0.05, top class selected on the same
-    samples. Our exact numbers (checked against an independent enumeration of all 3^10 sequences):
+    """The counter-example of arXiv 2504.02412: p = (0.5, 0.05, 0.45), n = 10, alpha = 0.05, top class selected on
+    the same samples. Our exact numbers (checked against an independent enumeration of all 3^10 sequences):
     bounds: Bonferroni 0.98041, uncorrected 0.95339; radius: Bonferroni 0.98476, uncorrected 0.97306.
-    The [C] numbers of THESIS §8 (0.99966 / 0.78902; 1.0 / 0.92125) are not reproduced by any reading tried
+    The [C] numbers of that paper (0.99966 / 0.78902; 1.0 / 0.92125) are not reproduced by any reading tried
     (see the notebook 06_bridging_gap); with Clopper–Pearson the uncorrected certificate stays >= 0.95
     here."""
     probs, n, alpha = [0.5, 0.05, 0.45], 10, 0.05

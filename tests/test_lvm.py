@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from stabkit.certify import (
+from stabkit.certify._smoothing import _root_seed, block_seed
+from stabkit.certify.smoothing import (
     MAP_LIPSCHITZ,
     SELECTIONS,
     TEMPERATURES,
@@ -16,7 +17,6 @@ from stabkit.certify import (
     simplex_maps,
     sparsemax,
 )
-from stabkit.certify._smoothing import _root_seed, block_seed
 
 
 def _project_brute_force(z: np.ndarray) -> np.ndarray:
@@ -111,7 +111,7 @@ def test_logged_statistics_match_a_direct_computation():
 
 
 def test_variance_obeys_gaussian_poincare():
-    # Var s(τ f(x+δ))_c ≤ σ² Lip² with Lip = MAP_LIPSCHITZ · τ · ‖W‖₂ (THESIS §7); slack for the sampling
+    # Var s(τ f(x+δ))_c ≤ σ² Lip² with Lip = MAP_LIPSCHITZ · τ · ‖W‖₂ (arXiv 2309.16883); slack for the sampling
     # error
     sigma = 0.5
     lin = _linear(4, 3, classes=3)
@@ -157,11 +157,11 @@ def test_bonferroni_over_maps_never_beats_published_selection():
     lin = _linear(4, 9, classes=3)
     x = torch.randn(10, 4, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     log = Smooth(lin, 3, 0.5).sample(x, n0=100, n=2000, temperatures=TEMPERATURES[::5])
-    published = lvm_certify(log, selection="same-samples (published)")
+    published = lvm_certify(log, selection="published")
     corrected = lvm_certify(log, selection="bonferroni-maps")
     assert bool((corrected.radius <= published.radius + 1e-12).all())
     # the published rule contains the argmax map with Bonferroni over classes: never below that certificate
-    bonf = certify_from_log(log, interval="bonferroni")
+    bonf = certify_from_log(log, method="bonferroni")
     assert bool((published.radius >= bonf.radius - 1e-12).all())
     assert set(published.map_kind) <= {"argmax", "softmax", "sparsemax"}
     assert set(published.radius_kind) <= {"multi", "margin"}
@@ -191,4 +191,4 @@ def test_bad_input():
         lvm_certify(log, lipschitz=-1.0)
     with pytest.raises(ValueError, match="map kinds"):
         Smooth(torch.nn.Linear(2, 3), 3, 0.5).sample(torch.zeros(1, 2), n=10, temperatures=[1.0], map_kinds=("x",))
-    assert SELECTIONS[0] == "same-samples (published)"
+    assert SELECTIONS[0] == "published"

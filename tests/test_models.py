@@ -30,7 +30,7 @@ def train_a_little(net: LipschitzNet, g: torch.Generator, *, steps: int = 4) -> 
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     for _ in range(steps):
         x = torch.rand(8, *net.input_shape, generator=g, dtype=D)
-        y = torch.randint(0, net.n_classes, (8,), generator=g)
+        y = torch.randint(0, net.num_classes, (8,), generator=g)
         loss = torch.nn.functional.cross_entropy(net(x), y)
         opt.zero_grad()
         loss.backward()

@@ -53,8 +53,11 @@ def test_dense_reference_values(w500):
     assert float(sigma) == pytest.approx(svd_norm(w500), rel=1e-12)
     errors = [73.853, 21.164, 6.861, 2.142, 0.5405, 0.07468, 2.798e-3, 1.006e-5, 4.00e-10]
     for T, err in enumerate(errors, start=1):
-        assert float(gram_iteration(w500, n_iter=T) - sigma) == pytest.approx(err, rel=2e-3)
-    assert abs(float(gram_iteration(w500, n_iter=10) - sigma)) < 1e-12
+        # abs: the certified rounding margin (Note [certified rounding]) adds ~2e-10 in float64
+        assert float(gram_iteration(w500, n_iter=T) - sigma) == pytest.approx(err, rel=2e-3, abs=5e-10)
+    assert (
+        abs(float(gram_iteration(w500, n_iter=10) - sigma)) < 1e-9
+    )  # the certified rounding margin (float64: ~1e-11 relative)
 
 
 def test_power_iteration_converges_from_below(w500):
@@ -75,7 +78,7 @@ def test_gram_iteration_matches_closed_form():
     for T in range(6):
         p = 2 ** (T + 1)
         ref = (s / s[0]).pow(p).sum().pow(1 / p) * s[0]
-        assert float(gram_iteration(W, n_iter=T)) == pytest.approx(float(ref), rel=1e-12)
+        assert float(gram_iteration(W, n_iter=T)) == pytest.approx(float(ref), rel=1e-10)
 
 
 # ------------------------------------------------------------------------------------------- dense:
@@ -106,18 +109,18 @@ def test_upper_bound_property_and_monotone():
         for T in range(8):
             b = float(gram_iteration(W, n_iter=T) / sigma)
             assert b >= 1 - 1e-12, name
-            assert b <= rank ** (0.5 ** (T + 1)) * (1 + 1e-12), name
-            assert b <= prev * (1 + 1e-12), name
+            assert b <= rank ** (0.5 ** (T + 1)) * (1 + 1e-10), name
+            assert b <= prev * (1 + 1e-10), name
             prev = b
         if name.startswith("rank1"):
-            assert float(gram_iteration(W, n_iter=0) / sigma) == pytest.approx(1, rel=1e-12)
+            assert float(gram_iteration(W, n_iter=0) / sigma) == pytest.approx(1, rel=1e-10)
 
 
 def test_flat_spectrum_bound_is_rank_power():
     """Orthogonal W: all σ_i = 1, so the bound is exactly rank^(2^-(T+1)) (documented worst case)."""
     q, _ = torch.linalg.qr(torch.randn(64, 64, dtype=torch.float64, generator=gen(4)))
     for T in range(6):
-        assert float(gram_iteration(q, n_iter=T)) == pytest.approx(64 ** (0.5 ** (T + 1)), rel=1e-12)
+        assert float(gram_iteration(q, n_iter=T)) == pytest.approx(64 ** (0.5 ** (T + 1)), rel=1e-10)
 
 
 @pytest.mark.parametrize(
@@ -180,7 +183,7 @@ def test_interval_brackets_truth_and_stops_at_tol(w500):
         assert b.n_iter < 20
     full = gram_iteration_bounds(w500, n_iter=6)
     assert full.n_iter == 6
-    assert float(full.upper) == pytest.approx(float(gram_iteration(w500, n_iter=6)), rel=1e-12)
+    assert float(full.upper) == pytest.approx(float(gram_iteration(w500, n_iter=6)), rel=1e-10)
 
 
 def test_interval_property_over_draws():
@@ -487,8 +490,8 @@ def test_float32_bounds_are_rounded_up():
 
 
 def test_conv_grid_bound_rejects_bad_input():
-    with pytest.raises(ValueError, match="n_eval"):
-        conv_grid_bound(torch.zeros(2, 2, 5, 5), n_eval=5)
+    with pytest.raises(ValueError, match="n_samples"):
+        conv_grid_bound(torch.zeros(2, 2, 5, 5), n_samples=5)
     with pytest.raises(ValueError, match="NaN"):
         spectral_norm_upper(torch.full((2, 2), float("nan")))
 
@@ -505,3 +508,187 @@ def test_kernel_gram_iteration_equals_the_sll_sr_rescaling_bound():
             # kernel_gram_iteration works on the larger side (it transposes so that c_in ≤ c_out)
             t = conv_gram_bound(k if shape[0] >= shape[1] else k.transpose(0, 1), n_iter=n_iter)  # KKᵀ ⪯ diag(t)
             torch.testing.assert_close(kernel_gram_iteration(k, n_iter=n_iter), t.max().sqrt(), rtol=1e-9, atol=0)
+
+
+# ---- regression tests of RELIABILITY.md D5, D9, D11, D12 and Hypothesis properties ----
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from stabkit.norms import spectral_norm_bound  # noqa: E402
+
+
+def _family(kind, m, n, g):
+    """Adversarial weight families: Gaussian, flat spectrum, near-degenerate top pair, rank one, one-hot."""
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    if kind == "gauss":
+        return W
+    U, _, Vh = torch.linalg.svd(W, full_matrices=False)
+    r = min(m, n)
+    s = {
+        "flat": torch.ones(r, dtype=torch.float64),
+        "gap": torch.cat([torch.tensor([1.0, 1.0 - 1e-4]), torch.linspace(0.5, 0.1, max(r - 2, 0))])[:r].double(),
+        "rank1": torch.cat([torch.ones(1), torch.zeros(r - 1)]).double(),
+    }.get(kind)
+    if s is None:  # one-hot
+        W = torch.zeros(m, n, dtype=torch.float64)
+        W[0, 0] = 1.0
+        return W
+    return (U * s) @ Vh
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=st.sampled_from(["gauss", "flat", "gap", "rank1", "onehot"]),
+    m=st.integers(1, 24),
+    n=st.integers(1, 24),
+    log_scale=st.floats(-30, 30),
+    n_iter=st.integers(0, 10),
+    seed=st.integers(0, 2**16),
+)
+def test_property_dense_bounds_never_below_float64_truth(kind, m, n, log_scale, n_iter, seed):
+    W64 = _family(kind, m, n, gen(seed)) * 10.0**log_scale
+    exact = svd_norm(W64)
+    W32 = W64.float()
+    exact32 = svd_norm(W32.double())  # the float32 matrix's own norm (the cast changed W)
+    for eb in (False, True):
+        assert float(gram_iteration(W32, n_iter=n_iter, explicit_backward=eb)) >= exact32
+        assert float(gram_iteration(W64, n_iter=n_iter, explicit_backward=eb)) >= exact
+    b = gram_iteration_bounds(W32, n_iter=n_iter)
+    assert float(b.lower) <= exact32 <= float(b.upper)
+    assert float(spectral_norm_upper(W32)) >= exact32
+    nb = spectral_norm_bound(W32, rtol=1e-2)
+    assert float(nb.lower) <= exact32 <= float(nb.upper)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    c_out=st.integers(1, 5),
+    c_in=st.integers(1, 5),
+    k=st.sampled_from([1, 2, 3, 5]),
+    n=st.integers(3, 9),
+    log_scale=st.floats(-20, 20),
+    onehot=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_property_conv_bounds_never_below_float64_truth(c_out, c_in, k, n, log_scale, onehot, seed):
+    K = torch.randn(c_out, c_in, k, k, generator=gen(seed), dtype=torch.float64)
+    if onehot:
+        K = torch.zeros_like(K)
+        K[0, 0, 0, 0] = 1.0
+    K32 = (K * 10.0**log_scale).float()
+    K64 = K32.double()
+    circ = float(conv_spectral_norm_exact(K64, n))
+    sup = svd_norm(conv_matrix(K64, n, padding="zero"))  # an instance of the zero-padded operator
+    for T in (0, 2, 5):
+        assert float(conv_gram_iteration(K32, n, n_iter=T)) >= circ
+        assert float(conv_gram_iteration(K32, n, n_iter=T, explicit_backward=True)) >= circ
+    assert float(conv_gram_iteration_bounds(K32, n, n_iter=6).lower) <= circ
+    for T in (1, 3):
+        assert float(kernel_gram_iteration(K32, n_iter=T)) >= max(sup, circ)
+    assert float(conv_lipgrid(K32, n_samples=max(8, 2 * k))) >= max(sup, circ)
+    assert float(conv_grid_bound(K32, n_samples=max(8, 4 * k))) >= max(sup, circ)
+    assert float(conv_fantastic_four(K32, certified=True)) >= max(sup, circ)
+    assert float(spectral_norm_bound(K32, n, rtol=1e-3).upper) >= circ
+
+
+def test_d5_finite_gradients_at_zero_weight():
+    Z = torch.zeros(5, 4, dtype=torch.float64, requires_grad=True)
+    Zk = torch.zeros(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    fns = [
+        (Z, lambda w: gram_iteration(w, n_iter=6)),
+        (Z, lambda w: gram_iteration(w, n_iter=6, explicit_backward=True)),
+        (Zk, lambda k: conv_gram_iteration(k, 6)),
+        (Zk, lambda k: conv_gram_iteration(k, 6, explicit_backward=True)),
+        (Zk, lambda k: kernel_gram_iteration(k, n_iter=4)),
+    ]
+    for x, f in fns:
+        value = f(x)
+        (grad,) = torch.autograd.grad(value, x)
+        assert float(value.detach()) == 0.0
+        assert bool(torch.isfinite(grad).all()) and float(grad.abs().max()) == 0.0
+
+
+def test_conv_explicit_backward_gradcheck(k8):
+    K = k8[:3, :2].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda k: conv_gram_iteration(k, 5, n_iter=3, explicit_backward=True), (K,))
+
+
+def test_d9_float32_extreme_scale_reproducer():
+    W = torch.randn(30, 20, generator=gen(20)) * 1e-25
+    assert gram_iteration(W, n_iter=10).double().item() >= svd_norm(W.double())
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        gram_iteration,
+        spectral_norm_upper,
+        spectral_norm_bound,
+        lambda w: conv_grid_bound(w.reshape(1, 1, *w.shape)),
+        lambda w: kernel_gram_iteration(w.reshape(1, 1, *w.shape)),
+    ],
+)
+def test_d11_empty_and_integer_inputs_are_clear_errors(f):
+    with pytest.raises(ValueError, match="empty"):
+        f(torch.zeros(0, 3))
+    for dtype in (torch.int64, torch.bool):
+        with pytest.raises(ValueError, match="dtype"):
+            f(torch.ones(3, 3, dtype=dtype))
+
+
+def test_d11_conv_grid_bound_tiny_and_huge_float64():
+    k = torch.randn(3, 2, 3, 3, generator=gen(3), dtype=torch.float64)
+    ref = float(conv_grid_bound(k))
+    for scale in (1e-200, 1e200):
+        b = float(conv_grid_bound(k * scale))
+        assert math.isfinite(b) and b / scale == pytest.approx(ref, rel=1e-12)
+        assert b >= float(conv_spectral_norm_exact(k * scale, 16))
+
+
+def test_d12_fantastic_four_default_is_an_estimate_certified_is_a_bound():
+    # 1×1 kernel with σ1/σ2 = 1.0007: power iteration approaches σ1 from below
+    U, _, Vh = torch.linalg.svd(torch.randn(16, 16, generator=gen(1), dtype=torch.float64))
+    s = torch.linspace(1.0, 0.2, 16, dtype=torch.float64)
+    s[1] = 1.0 / 1.0007
+    K = ((U * s) @ Vh).reshape(16, 16, 1, 1)
+    exact = float(conv_spectral_norm_exact(K, 4))
+    assert float(conv_fantastic_four(K, n_iter=5)) < exact  # the paper's estimate can be below
+    assert float(conv_fantastic_four(K, certified=True)) >= exact
+
+
+def test_spectral_norm_bound_methods_and_precision():
+    W = torch.randn(40, 30, generator=gen(2))
+    exact = svd_norm(W.double())
+    for method in ("auto", "exact", "gram"):
+        for rtol in (1e-2, 1e-5):
+            b = spectral_norm_bound(W, method=method, rtol=rtol)
+            assert float(b.lower) <= exact <= float(b.upper)
+            if b.method == "exact" or method != "gram":
+                assert float(b.upper) <= exact * (1 + rtol)
+    assert spectral_norm_bound(W, method="exact").method == "exact"
+    with pytest.raises(ValueError, match="method"):
+        spectral_norm_bound(W, method="svd")
+
+
+def test_norms_docstrings_have_no_orphan_fragments_or_internal_references():
+    """A formatter once re-wrapped these docstrings into orphan fragments ("the top", "(loose)"); and docstrings
+    cite papers by arXiv id, never the build spec or issue numbers."""
+    import ast
+    import pathlib
+
+    import stabkit.norms
+
+    folder = pathlib.Path(stabkit.norms.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef))]
+        for node in nodes:
+            doc = ast.get_docstring(node, clean=True)
+            if not doc:
+                continue
+            assert "THESIS" not in doc and "issue " not in doc, (path.name, getattr(node, "name", "module"))
+            lines = doc.split("\n")
+            for prev, line, nxt in zip(lines, lines[1:], lines[2:], strict=False):
+                s = line.strip()
+                orphan = 0 < len(s) < 30 and len(prev.strip()) > 90 and nxt.strip() and not s.endswith((".", ":"))
+                assert not orphan, f"{path.name}: orphan docstring fragment {s!r}"

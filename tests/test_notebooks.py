@@ -27,7 +27,7 @@ def test_parameters_are_declared_and_commented(path):
 def test_stored_outputs_are_clean(path):
     nb = json.loads(path.read_text())
     assert "papermill" not in nb["metadata"]
-    text = json.dumps([c.get("outputs", []) for c in nb["cells"]])
+    text = json.dumps([_without_images(c.get("outputs", [])) for c in nb["cells"]])
     assert not re.search(r"/(work|home|root|tmp|Users)/", text), "absolute path in stored outputs"
     assert not re.search(r"at 0x[0-9a-f]{6,}", text), "memory address in stored outputs"
     assert "%pip" not in json.dumps([c["source"] for c in nb["cells"]])
@@ -38,3 +38,15 @@ def test_stored_outputs_are_clean(path):
 def test_every_notebook_is_in_the_manifest():
     listed = {e.notebook for e in load_manifest().values()}
     assert {p.stem for p in NOTEBOOKS} == listed
+
+
+def _without_images(outputs: list) -> list:
+    """Outputs with the base64 image payloads left out (they may contain any short string by chance)."""
+    return [{**o, "data": {k: v for k, v in o.get("data", {}).items() if not k.startswith("image/")}} for o in outputs]
+
+
+def test_stored_notebooks_stay_small():
+    # figures are stored inline (PNG at 150 dpi); the whole set must stay light enough for a clone and GitHub
+    sizes = {p.name: p.stat().st_size for p in NOTEBOOKS}
+    assert sum(sizes.values()) < 15e6, sizes
+    assert max(sizes.values()) < 5e6, sizes

@@ -1,5 +1,6 @@
-"""Tests of stabkit.certify._radii: closed forms, the [C] numbers of THESIS.md §7–8, and the worst-case
-(ramp) statements checked against random 1-D Lipschitz functions smoothed by quadrature."""
+"""Tests of stabkit.certify._radii: closed forms, the reference numbers of arXiv 2309.16883 and 2504.02412
+(thesis arXiv:2510.25282, ch. 6 and 6b), and the worst-case (ramp) statements checked against random 1-D
+Lipschitz functions smoothed by quadrature."""
 
 import math
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from stabkit.certify import (
+from stabkit.certify.stats import (
     local_lipschitz,
     radius_mono,
     radius_mono_lip,
@@ -53,7 +54,7 @@ def test_cohen_radius_rejects_bad_input():
     ],
 )
 def test_radius_mono_lip_thesis_values(sigma, lip, p, expected, cohen):
-    # [C] THESIS §8
+    # [C] arXiv 2504.02412
     assert radius_mono_lip(p, sigma=sigma, lipschitz=lip) == pytest.approx(expected, abs=5e-5)
     if cohen is not None:
         assert radius_mono(p, sigma=sigma) == pytest.approx(cohen, abs=5e-6)
@@ -221,7 +222,7 @@ def test_lipschitz_radii_reject_bad_input():
 
 
 def test_smoothed_lipschitz_thesis_values():
-    # THESIS §7: L = 1, r = 1, sigma = 0.5
+    # arXiv 2309.16883: L = 1, r = 1, sigma = 0.5
     assert smoothed_lipschitz_bound(1.0, output_range=1.0, sigma=0.5) == pytest.approx(0.68269, abs=5e-6)
     assert smoothed_lipschitz_bound(1.0, output_range=1.0, sigma=0.5, constant="official") == pytest.approx(
         0.95450, abs=5e-6

@@ -12,17 +12,17 @@ import pytest
 import torch
 from scipy import stats
 
-from stabkit.certify import (
-    ABSTAIN,
-    Certificate,
+from stabkit.certify import ABSTAIN
+from stabkit.certify._smoothing import merge_logs
+from stabkit.certify.smoothing import (
     Smooth,
+    SmoothCertificate,
     SmoothingLog,
     certify_from_log,
     gaussian_augment,
     load_log,
     save_log,
 )
-from stabkit.certify._smoothing import merge_logs
 
 
 def _linear(d: int, seed: int, classes: int = 2) -> torch.nn.Linear:
@@ -231,8 +231,8 @@ def test_certify_is_sample_then_cohen():
     smooth = Smooth(model, 3, 0.5)
     cert = smooth.certify(x, n0=30, n=400, alpha=0.01, generator=torch.Generator().manual_seed(3))
     log = smooth.sample(x, n0=30, n=400, generator=torch.Generator().manual_seed(3))
-    again = certify_from_log(log, alpha=0.01, interval="cohen")
-    assert isinstance(cert, Certificate)
+    again = certify_from_log(log, alpha=0.01, method="cohen")
+    assert isinstance(cert, SmoothCertificate)
     for fa, fb in zip(cert, again, strict=True):
         assert torch.equal(fa, fb)
     # Cohen: p_a is the one-sided Clopper–Pearson lower bound of the selected class (scipy's exact beta
@@ -275,19 +275,19 @@ def test_predict_uses_two_sided_binomial_test():
 
 
 def test_reference_cohen_radius():
-    # [C] THESIS §7: one-sided CP lower bound of 99 000 / 100 000 at α = 0.001 is 0.988989 ⇒ R_mono(σ=0.25) =
+    # [C] arXiv 2309.16883: one-sided CP lower bound of 99 000 / 100 000 at α = 0.001 is 0.988989 ⇒ R_mono(σ=0.25) =
     # 0.5725
     log = SmoothingLog(
         sigma=0.25, n0=100, n=100_000, labels=np.array([0]),
         counts_selection=np.array([[100, 0]]), counts_estimation=np.array([[99_000, 1_000]]),
     )  # fmt: skip
-    cert = certify_from_log(log, alpha=0.001, interval="cohen")
+    cert = certify_from_log(log, alpha=0.001, method="cohen")
     assert float(cert.p_a[0]) == pytest.approx(0.988989, abs=1e-6)
     assert float(cert.radius[0]) == pytest.approx(0.5725, abs=5e-5)
 
 
 def test_reference_cpm_bonferroni_cohen():
-    # [C] THESIS §8: counts (59k, 26k, 8k, 4k, 2k, 1k, 0…), N = 1e5, σ = 0.5, α = 0.001
+    # [C] arXiv 2504.02412: counts (59k, 26k, 8k, 4k, 2k, 1k, 0…), N = 1e5, σ = 0.5, α = 0.001
     counts = np.array([[59_000, 26_000, 8_000, 4_000, 2_000, 1_000, 0, 0, 0, 0]])
     log = SmoothingLog(
         sigma=0.5,
@@ -297,14 +297,12 @@ def test_reference_cpm_bonferroni_cohen():
         counts_selection=counts,
         counts_estimation=counts,
     )
-    cpm = certify_from_log(log, alpha=0.001, interval="cpm")
+    cpm = certify_from_log(log, alpha=0.001, method="cpm")
     assert float(cpm.p_a[0]) == pytest.approx(0.58470, abs=2e-5)
     assert float(cpm.p_b[0]) == pytest.approx(0.26474, abs=2e-5)
     assert float(cpm.radius[0]) == pytest.approx(0.21068, abs=2e-5)
-    assert float(certify_from_log(log, alpha=0.001, interval="bonferroni").radius[0]) == pytest.approx(
-        0.21002, abs=2e-5
-    )
-    assert float(certify_from_log(log, alpha=0.001, interval="cohen").radius[0]) == pytest.approx(0.10759, abs=2e-5)
+    assert float(certify_from_log(log, alpha=0.001, method="bonferroni").radius[0]) == pytest.approx(0.21002, abs=2e-5)
+    assert float(certify_from_log(log, alpha=0.001, method="cohen").radius[0]) == pytest.approx(0.10759, abs=2e-5)
 
 
 def test_log_roundtrip(tmp_path):
@@ -319,7 +317,7 @@ def test_log_roundtrip(tmp_path):
     for name in ("labels", "counts_selection", "counts_estimation", "temperatures", "mean_estimation"):
         assert np.array_equal(getattr(back, name), getattr(log, name))
     assert back.mean_estimation.shape == (3, 2, 2, 3)
-    for fa, fb in zip(certify_from_log(back, interval="cpm"), certify_from_log(log, interval="cpm"), strict=True):
+    for fa, fb in zip(certify_from_log(back, method="cpm"), certify_from_log(log, method="cpm"), strict=True):
         assert torch.equal(fa, fb)
     sub = log.subset(np.array([2]))
     assert sub.counts_estimation.shape == (1, 3) and sub.labels.tolist() == [2]
@@ -361,9 +359,9 @@ def test_bad_input():
         smooth.sample(torch.zeros(1, 2), n=0)
     log = smooth.sample(torch.zeros(1, 2), n0=0, n=10)
     with pytest.raises(ValueError, match="n0 > 0"):
-        certify_from_log(log, interval="cohen")
-    with pytest.raises(ValueError, match="interval"):
-        certify_from_log(log, interval="wilson")
+        certify_from_log(log, method="cohen")
+    with pytest.raises(ValueError, match="method"):
+        certify_from_log(log, method="wilson")
     with pytest.raises(ValueError, match="npz"):
         save_log(log, "log.txt")
     with pytest.raises(ValueError, match="temperatures"):

@@ -17,7 +17,8 @@ from torch import nn
 
 from stabkit._checks import check_positive_float, check_positive_int, check_tensor, resolve_generator
 from stabkit.attacks import pgd_l2
-from stabkit.certify._margin import MarginCertificate, certify
+from stabkit.certify._margin import certify_model
+from stabkit.certify._types import Certificate
 
 __all__ = ["AuditResult", "soundness_audit"]
 
@@ -53,7 +54,7 @@ def soundness_audit(
     x: torch.Tensor,
     *,
     lipschitz: float | None = None,
-    certificate: MarginCertificate | None = None,
+    certificate: Certificate | None = None,
     rtol: float = 1e-3,
     n_iter: int = 50,
     n_restarts: int = 1,
@@ -73,8 +74,8 @@ def soundness_audit(
         model: the network.
         x: ``(B, ...)`` inputs, on the model's device.
         lipschitz: the claimed Lipschitz constant (default: the model's own claim, see
-            :func:`stabkit.certify.network_lipschitz`). Ignored if ``certificate`` is given.
-        certificate: precomputed certificate of ``x`` (e.g. from :func:`stabkit.certify.certify`).
+            :func:`stabkit.certify.margin.network_lipschitz`). Ignored if ``certificate`` is given.
+        certificate: precomputed certificate of ``x`` (e.g. from :func:`stabkit.certify.margin.certify_model`).
         rtol: relative shrinkage of the budget, in ``[0, 1)``.
         n_iter, n_restarts, n_targets: PGD effort per point (see :func:`stabkit.attacks.pgd_l2`); the
             targeted runs (capped at K − 1 classes) are what finds the worst direction of a network that is
@@ -99,7 +100,7 @@ def soundness_audit(
         raise ValueError(f"rtol must lie in [0, 1), got {rtol!r}")
     check_positive_int("batch_size", batch_size)
     if certificate is None:
-        certificate = certify(model, x, lipschitz=lipschitz, batch_size=batch_size)
+        certificate = certify_model(model, x, lipschitz=lipschitz, batch_size=batch_size)
     prediction, radius = certificate
     if prediction.shape[0] != x.shape[0]:
         raise ValueError(f"certificate covers {prediction.shape[0]} inputs but x has {x.shape[0]}")
@@ -114,7 +115,7 @@ def soundness_audit(
     cap = float(finite_radius.max()) * 10 + 1.0 if bool(certified.any()) else 1.0
     budget = torch.where(torch.isfinite(radius), radius, torch.full_like(radius, cap)) * (1.0 - rtol)
     budget = torch.where(certified, budget, torch.zeros_like(budget)).to(x.dtype)
-    n_targets = min(check_positive_int("n_targets", n_targets, minimum=0), _n_classes(model, x) - 1)
+    n_targets = min(check_positive_int("n_targets", n_targets, minimum=0), _num_classes(model, x) - 1)
     for idx in torch.arange(x.shape[0], device=x.device).split(batch_size):
         res = pgd_l2(
             model,
@@ -142,7 +143,7 @@ def soundness_audit(
 
 
 @torch.no_grad()
-def _n_classes(model: nn.Module, x: torch.Tensor) -> int:
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
     was_training = model.training
     model.eval()
     try:

@@ -35,10 +35,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 from scipy import special, stats
+
+from stabkit._checks import (
+    check_choice,
+    check_counts,
+    check_int_valued,
+    check_positive_int,
+    check_probability,
+    scalar_or_array,
+)
+from stabkit.certify._types import METHODS, Method
 
 __all__ = [
     "Interval",
@@ -55,8 +65,10 @@ __all__ = [
     "certificate_validity_probability",
 ]
 
-_SIDES = ("two", "lower", "upper")
-_METHODS = ("cohen", "bonferroni", "max_upper", "uncorrected", "cpm")
+Sided = Literal["two", "lower", "upper"]
+Criterion = Literal["bounds", "radius", "class"]
+_SIDES: tuple[str, ...] = get_args(Sided)
+_CRITERIA: tuple[str, ...] = get_args(Criterion)
 
 
 class Interval(NamedTuple):
@@ -89,43 +101,6 @@ class ClassBounds(NamedTuple):
     p_b: np.ndarray | float
     top_class: np.ndarray | int
     n_tests: np.ndarray | int
-
-
-# ----------------------------------------------------------------------------------------------------
-# argument checks (numpy flavour of stabkit._checks)
-
-
-def _alpha(alpha: object) -> float:
-    try:
-        a = float(alpha)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"alpha must be a real number in (0, 1), got {alpha!r}") from None
-    if not 0.0 < a < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1) (e.g. 0.001), got {alpha!r}")
-    return a
-
-
-def _sided(sided: object) -> str:
-    if sided not in _SIDES:
-        raise ValueError(f"sided must be one of {_SIDES}, got {sided!r}")
-    return sided  # type: ignore[return-value]
-
-
-def _counts(name: str, x: object) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-        raise ValueError(f"{name} must hold non-negative integer counts, got dtype {a.dtype}")
-    a = a.astype(np.float64)
-    if not np.all(np.isfinite(a)) or np.any(a < 0) or np.any(a != np.round(a)):
-        bad = a[~(np.isfinite(a) & (a >= 0) & (a == np.round(a)))].ravel()[:3]
-        raise ValueError(f"{name} must hold non-negative integer counts (no NaN, no fractions), got {bad.tolist()}")
-    return a
-
-
-def _out(x: np.ndarray) -> np.ndarray | float:
-    """0-d results come back as Python floats, arrays as float64 arrays."""
-    x = np.asarray(x, dtype=np.float64)
-    return float(x) if x.ndim == 0 else x
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -162,7 +137,7 @@ def _cp_upper(k: np.ndarray, n: np.ndarray, a: float) -> np.ndarray:
     return np.where(k < n, _beta_quantile(1.0 - a, safe_k + 1.0, n - safe_k), 1.0)
 
 
-def clopper_pearson(k: object, n: object, *, alpha: float, sided: str = "two") -> Interval:
+def clopper_pearson(k: object, n: object, *, alpha: float, sided: Sided = "two") -> Interval:
     """Clopper–Pearson (exact binomial) confidence interval for a success probability.
 
     ``low`` is a lower and ``high`` an upper confidence bound on the true probability ``p`` of ``k`` successes
@@ -183,18 +158,19 @@ def clopper_pearson(k: object, n: object, *, alpha: float, sided: str = "two") -
 
     Raises:
         ValueError: non-integer or negative counts, ``k > n``, ``n < 1``, ``alpha`` outside (0, 1), bad
-        ``sided``.
+            ``sided``.
 
     Example:
         >>> round(clopper_pearson(99_000, 100_000, alpha=0.001, sided="lower").low, 6)
         0.988989
 
     References:
-        Clopper & Pearson, Biometrika 1934. Cohen, Rosenfeld & Kolter, ICML 2019 (CERTIFY). Thesis ch. 6.
+        Clopper & Pearson, Biometrika 1934. Cohen, Rosenfeld & Kolter, ICML 2019 (arXiv 1902.02918, CERTIFY).
+        Thesis arXiv:2510.25282, ch. 6.
     """
-    a = _alpha(alpha)
-    sided = _sided(sided)
-    k_arr, n_arr = np.broadcast_arrays(_counts("k", k), _counts("n", n))
+    a = check_probability("alpha", alpha)
+    sided = check_choice("sided", sided, _SIDES)
+    k_arr, n_arr = np.broadcast_arrays(check_counts("k", k), check_counts("n", n))
     if np.any(n_arr < 1):
         raise ValueError(f"n must be >= 1, got {n!r}")
     if np.any(k_arr > n_arr):
@@ -202,7 +178,7 @@ def clopper_pearson(k: object, n: object, *, alpha: float, sided: str = "two") -
     side_alpha = a / 2.0 if sided == "two" else a
     low = _cp_lower(k_arr, n_arr, side_alpha) if sided != "upper" else np.zeros_like(k_arr)
     high = _cp_upper(k_arr, n_arr, side_alpha) if sided != "lower" else np.ones_like(k_arr)
-    return Interval(_out(low), _out(high))
+    return Interval(scalar_or_array(low), scalar_or_array(high))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -219,14 +195,14 @@ def bernstein_shift(std: object, n: object, *, alpha: float) -> np.ndarray | flo
 
     Args:
         std: sample standard deviation with Bessel's correction (``ddof=1``), in ``[0, 1/2]``; any shape.
-        n: sample size, ``>= 2``; broadcast against ``std``.
+        n: sample size, an integer ``>= 2``; broadcast against ``std``.
         alpha: error probability in (0, 1) for this one side (LVM-RS passes ``alpha / C`` per class).
 
     Returns:
         The shift (``>= 0``): float for scalar input, else an array of the broadcast shape.
 
     Raises:
-        ValueError: negative or non-finite ``std``, ``n < 2``, ``alpha`` outside (0, 1).
+        ValueError: negative or non-finite ``std``, ``n`` not an integer ``>= 2``, ``alpha`` outside (0, 1).
 
     Example:
         >>> round(bernstein_shift(0.05, 100_000, alpha=1e-4), 6)
@@ -234,20 +210,20 @@ def bernstein_shift(std: object, n: object, *, alpha: float) -> np.ndarray | flo
 
     References:
         Maurer & Pontil, "Empirical Bernstein bounds and sample variance penalization", COLT 2009, Thm. 4.
-        Delattre et al., ICLR 2024 (LVM-RS). Thesis ch. 6.
+        Delattre et al., ICLR 2024 (LVM-RS, arXiv 2309.16883). Thesis arXiv:2510.25282, ch. 6.
     """
-    a = _alpha(alpha)
+    a = check_probability("alpha", alpha)
     s = np.asarray(std, dtype=np.float64)
     if not np.all(np.isfinite(s)) or np.any(s < 0):
         raise ValueError("std must be finite and >= 0 (a standard deviation of values in [0, 1])")
-    n_arr = np.asarray(n, dtype=np.float64)
+    n_arr = check_int_valued("n", n)
     if np.any(n_arr < 2):
         raise ValueError(f"n must be >= 2 (the bound needs a sample variance), got {n!r}")
     log_term = math.log(2.0 / a)
-    return _out(s * np.sqrt(2.0 * log_term / n_arr) + 7.0 * log_term / (3.0 * (n_arr - 1.0)))
+    return scalar_or_array(s * np.sqrt(2.0 * log_term / n_arr) + 7.0 * log_term / (3.0 * (n_arr - 1.0)))
 
 
-def bernstein_interval(mean: object, std: object, n: object, *, alpha: float, sided: str = "two") -> Interval:
+def bernstein_interval(mean: object, std: object, n: object, *, alpha: float, sided: Sided = "two") -> Interval:
     """Empirical-Bernstein confidence interval for the expectation of a ``[0, 1]``-valued variable.
 
     Two-sided: ``alpha / 2`` per side, so ``P(low <= E X <= high) >= 1 - alpha``; one-sided: all of ``alpha``
@@ -267,10 +243,10 @@ def bernstein_interval(mean: object, std: object, n: object, *, alpha: float, si
         ValueError: ``mean`` outside ``[0, 1]`` or non-finite, and the errors of :func:`bernstein_shift`.
 
     References:
-        Maurer & Pontil, COLT 2009. Thesis ch. 6.
+        Maurer & Pontil, COLT 2009. Thesis arXiv:2510.25282, ch. 6.
     """
-    a = _alpha(alpha)
-    sided = _sided(sided)
+    a = check_probability("alpha", alpha)
+    sided = check_choice("sided", sided, _SIDES)
     m = np.asarray(mean, dtype=np.float64)
     if not np.all(np.isfinite(m)) or np.any(m < 0) or np.any(m > 1):
         raise ValueError("mean must lie in [0, 1] (Bernstein bounds here assume values in [0, 1])")
@@ -278,7 +254,7 @@ def bernstein_interval(mean: object, std: object, n: object, *, alpha: float, si
     m, shift = np.broadcast_arrays(m, shift)
     low = np.clip(m - shift, 0.0, 1.0) if sided != "upper" else np.zeros_like(m)
     high = np.clip(m + shift, 0.0, 1.0) if sided != "lower" else np.ones_like(m)
-    return Interval(_out(low), _out(high))
+    return Interval(scalar_or_array(low), scalar_or_array(high))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -304,11 +280,11 @@ def bonferroni_bounds(counts: object, *, alpha: float) -> Interval:
         ValueError: counts not integer, negative, zero total, or fewer than 2 classes.
 
     References:
-        Delattre, Caillon, Barthélemy, Fagnou & Allauzen, AISTATS 2025 (multiple testing in RS). Thesis ch.
-        6b.
+        Delattre, Caillon, Barthélemy, Fagnou & Allauzen, AISTATS 2025 (arXiv 2504.02412, multiple testing in
+        RS). Thesis arXiv:2510.25282, ch. 6b.
     """
-    a = _alpha(alpha)
-    c = _counts("counts", counts)
+    a = check_probability("alpha", alpha)
+    c = check_counts("counts", counts)
     if c.ndim < 1 or c.shape[-1] < 2:
         raise ValueError(f"counts must have shape (..., C) with C >= 2 classes, got shape {c.shape}")
     n = c.sum(axis=-1, keepdims=True)
@@ -334,9 +310,9 @@ def cpm_buckets(counts_selection: object) -> list[list[int]]:
         List of buckets, each a list of class indices; ``buckets[0] == [top class]``.
 
     References:
-        Delattre et al., AISTATS 2025 (class partitioning). Thesis ch. 6b.
+        Delattre et al., AISTATS 2025 (class partitioning). Thesis arXiv:2510.25282, ch. 6b.
     """
-    s = _counts("counts_selection", counts_selection)
+    s = check_counts("counts_selection", counts_selection)
     if s.ndim != 1 or s.shape[0] < 2:
         raise ValueError(f"counts_selection must have shape (C,) with C >= 2, got shape {s.shape}")
     return [list(b) for b in _partition(s)]
@@ -447,11 +423,11 @@ def cpm_bounds(counts_selection: object, counts_estimation: object, *, alpha: fl
 
     References:
         Delattre, Caillon, Barthélemy, Fagnou & Allauzen, "Bridging the theoretical gap in randomized
-        smoothing", AISTATS 2025. Thesis ch. 6b.
+        smoothing", AISTATS 2025 (arXiv 2504.02412). Thesis arXiv:2510.25282, ch. 6b.
     """
-    a = _alpha(alpha)
-    sel = _counts("counts_selection", counts_selection)
-    est = _counts("counts_estimation", counts_estimation)
+    a = check_probability("alpha", alpha)
+    sel = check_counts("counts_selection", counts_selection)
+    est = check_counts("counts_estimation", counts_estimation)
     if sel.shape != est.shape:
         raise ValueError(f"counts_selection {sel.shape} and counts_estimation {est.shape} must have the same shape")
     if sel.ndim < 1 or sel.shape[-1] < 2:
@@ -467,7 +443,7 @@ def cpm_bounds(counts_selection: object, counts_estimation: object, *, alpha: fl
 
 
 def class_bounds(
-    counts_selection: object, counts_estimation: object, *, alpha: float, method: str = "cpm"
+    counts_selection: object, counts_estimation: object, *, alpha: float, method: Method = "cpm"
 ) -> ClassBounds:
     """Lower bound on the top class and upper bound on every other class, for a multiple-testing method.
 
@@ -497,14 +473,13 @@ def class_bounds(
     Raises:
         ValueError: unknown method, shapes differ, bad counts.
     """
-    a = _alpha(alpha)
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    a = check_probability("alpha", alpha)
+    check_choice("method", method, METHODS)
     if method == "cpm":
         b = cpm_bounds(counts_selection, counts_estimation, alpha=a)
         return ClassBounds(b.p_a, b.p_b, b.top_class, b.n_buckets)
-    sel = _counts("counts_selection", counts_selection)
-    est = _counts("counts_estimation", counts_estimation)
+    sel = check_counts("counts_selection", counts_selection)
+    est = check_counts("counts_estimation", counts_estimation)
     if sel.shape != est.shape or sel.ndim < 1 or sel.shape[-1] < 2:
         raise ValueError(
             f"counts_selection {sel.shape} and counts_estimation {est.shape} must both have shape (..., C), C >= 2"
@@ -538,23 +513,34 @@ def _fixed_top_bounds(top: np.ndarray, est: np.ndarray, a: float, method: str) -
 # exact validity probabilities
 
 
-def multinomial_outcomes(n: int, n_classes: int) -> np.ndarray:
-    """Every count vector of ``n`` draws over ``n_classes`` classes, shape ``(binom(n + C - 1, C - 1), C)``.
+def multinomial_outcomes(n: int, num_classes: int) -> np.ndarray:
+    """Every count vector of ``n`` draws over ``num_classes`` classes, shape ``(binom(n + C - 1, C - 1), C)``.
+
+    Args:
+        n: number of draws, an integer ``>= 0``.
+        num_classes: number of classes C, an integer ``>= 1``.
+
+    Returns:
+        int64 array, one outcome per row, in lexicographic order of the bar positions.
+
+    Raises:
+        ValueError: ``n`` or ``num_classes`` not an integer in range, or more than 5e6 outcomes.
 
     Example:
         >>> multinomial_outcomes(2, 2).tolist()
         [[0, 2], [1, 1], [2, 0]]
     """
-    n = int(n)
-    if n < 0 or n_classes < 1:
-        raise ValueError(f"need n >= 0 and n_classes >= 1, got n={n}, n_classes={n_classes}")
-    if math.comb(n + n_classes - 1, n_classes - 1) > 5_000_000:
+    n = check_positive_int("n", int(n) if isinstance(n, np.integer) else n, minimum=0)
+    num_classes = check_positive_int(
+        "num_classes", int(num_classes) if isinstance(num_classes, np.integer) else num_classes
+    )
+    if math.comb(n + num_classes - 1, num_classes - 1) > 5_000_000:
         raise ValueError("too many outcomes to enumerate (> 5e6); use fewer samples or classes, or simulate")
-    if n_classes == 1:
+    if num_classes == 1:
         return np.array([[n]], dtype=np.int64)
     # stars and bars: choose the C - 1 bar positions among n + C - 1 slots
-    bars = np.array(list(itertools.combinations(range(n + n_classes - 1), n_classes - 1)), dtype=np.int64)
-    edges = np.concatenate([np.full((len(bars), 1), -1), bars, np.full((len(bars), 1), n + n_classes - 1)], axis=1)
+    bars = np.array(list(itertools.combinations(range(n + num_classes - 1), num_classes - 1)), dtype=np.int64)
+    edges = np.concatenate([np.full((len(bars), 1), -1), bars, np.full((len(bars), 1), n + num_classes - 1)], axis=1)
     return np.diff(edges, axis=1) - 1  # (M, C) gaps between bars
 
 
@@ -580,9 +566,9 @@ def certificate_validity_probability(
     n: int,
     *,
     alpha: float,
-    method: str,
+    method: Method,
     n0: int | None = None,
-    criterion: str = "bounds",
+    criterion: Criterion = "bounds",
 ) -> float:
     """Exact probability that a certificate is valid, by enumerating every multinomial outcome.
 
@@ -615,16 +601,14 @@ def certificate_validity_probability(
         ValueError: bad ``probs``, unknown method or criterion, too many outcomes to enumerate.
 
     References:
-        Delattre et al., AISTATS 2025 (multiple testing in RS); thesis ch. 6b.
+        Delattre et al., AISTATS 2025 (multiple testing in RS); thesis arXiv:2510.25282, ch. 6b.
     """
-    a = _alpha(alpha)
+    a = check_probability("alpha", alpha)
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 1 or p.shape[0] < 2 or np.any(p < 0) or abs(p.sum() - 1.0) > 1e-9:
         raise ValueError(f"probs must be a probability vector of shape (C,), C >= 2, summing to 1, got {probs!r}")
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if criterion not in ("bounds", "radius", "class"):
-        raise ValueError(f"criterion must be 'bounds', 'radius' or 'class', got {criterion!r}")
+    check_choice("method", method, METHODS)
+    check_choice("criterion", criterion, _CRITERIA)
     n_classes = p.shape[0]
     est = multinomial_outcomes(n, n_classes).astype(np.float64)  # (M, C)
     w_est = stats.multinomial.pmf(est, n, p)  # (M,)

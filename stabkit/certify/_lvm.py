@@ -7,11 +7,11 @@ smoothed map's class means with empirical-Bernstein bounds for every map on a te
 largest radius.
 
 Note [map selection]: keeping the best of many maps on the samples that also give the bounds is a
-multiple-testing question (THESIS.md §10, open point 4): each map's bounds hold with probability ``1 -
-alpha``, the maximum over 205 maps does not in general. ``lvm_certify`` offers the published rule and two
-honest ones; every figure says which one it shows:
+multiple-testing question the paper leaves open (Delattre et al., arXiv 2309.16883; thesis arXiv:2510.25282
+ch. 6): each map's bounds hold with probability ``1 - alpha``, the maximum over 205 maps does not in general.
+``lvm_certify`` offers the published rule and two honest ones; every figure says which one it shows:
 
-* ``"same-samples (published)"``: the rule of the official code, every map and the maximum on the ``n``
+* ``"published"``: the rule of the official code, every map and the maximum on the ``n``
   estimation samples, ``alpha`` not corrected for the choice of map.
 * ``"separate-samples"``: the map (and radius formula) is chosen on the ``n0`` selection samples, then only
   that map is certified on the ``n`` estimation samples: valid at level ``alpha``.
@@ -21,69 +21,23 @@ honest ones; every figure says which one it shows:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
 
-from stabkit._checks import check_positive_float, check_probability
+from stabkit._checks import check_choice, check_positive_float, check_probability
+from stabkit.certify._intervals import bernstein_shift, bonferroni_bounds
+from stabkit.certify._maps import MAP_LIPSCHITZ
+from stabkit.certify._radii import radius_multi, radius_multi_lip
+from stabkit.certify._types import ABSTAIN
 
-#: Temperature grid of the official LVM-RS code: {1} ∪ linspace(0.1, 50, 100) ∪ {1e7}.
-TEMPERATURES = np.array([1.0, *np.linspace(0.1, 50.0, 100), 1e7])
-MAP_KINDS = ("softmax", "sparsemax")
-#: ℓ2 Lipschitz bound of one output coordinate of each map: a softmax row of the Jacobian is p_c (e_c - p), of
-#: norm at most √2/4 < 1/2; sparsemax is a Euclidean projection, its Jacobian rows have norm at most 1.
-MAP_LIPSCHITZ = {"softmax": 0.5, "sparsemax": 1.0}
-SELECTIONS = ("same-samples (published)", "separate-samples", "bonferroni-maps")
-
-
-def check_map_kinds(kinds) -> tuple[str, ...]:
-    kinds = tuple(kinds)
-    bad = [k for k in kinds if k not in MAP_KINDS]
-    if not kinds or bad:
-        raise ValueError(f"map kinds must be a non-empty subset of {MAP_KINDS}, got {kinds!r}")
-    return kinds
-
-
-def sparsemax(z: torch.Tensor, *, dim: int = -1) -> torch.Tensor:
-    """Euclidean projection of ``z`` onto the probability simplex, along ``dim``.
-
-    ``sparsemax(z) = argmin_{p ∈ Δ} ‖p − z‖²`` = ``max(z − θ, 0)`` with the threshold θ found from the sorted
-    entries; unlike softmax it returns exact zeros.
-
-    Shape:
-        z: any; the result has the same shape and sums to 1 along ``dim``.
-
-    References:
-        Martins & Astudillo, "From Softmax to Sparsemax", ICML 2016 (arXiv 1602.02068), Algorithm 1.
-    """
-    z = z.transpose(dim, -1)
-    # shift-invariant: subtracting the max keeps 1 + z_(1) > z_(1) exact for huge logits (τ = 1e7 in float32)
-    z = z - z.max(dim=-1, keepdim=True).values
-    zs, _ = torch.sort(z, dim=-1, descending=True)  # (..., C)
-    k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
-    cumsum = zs.cumsum(dim=-1)
-    # support size: the largest k with 1 + k z_(k) > Σ_{j≤k} z_(j) (always true for k = 1)
-    support = (1 + k * zs > cumsum).sum(dim=-1, keepdim=True).clamp_min(1)  # (..., 1)
-    theta = (cumsum.gather(-1, support - 1) - 1) / support.to(z.dtype)
-    return (z - theta).clamp_min(0).transpose(dim, -1)
-
-
-def simplex_maps(
-    logits: torch.Tensor, *, temperatures: torch.Tensor, kinds: tuple[str, ...] = MAP_KINDS
-) -> torch.Tensor:
-    """Every map of ``kinds`` applied to ``τ·logits`` for every temperature τ.
-
-    Shape:
-        logits: ``(m, C)``; temperatures: ``(T,)``; result: ``(m, K, T, C)`` with K = ``len(kinds)``.
-    """
-    scaled = logits[:, None, :] * temperatures.to(logits)[None, :, None]  # (m, T, C)
-    fns = {"softmax": lambda s: torch.softmax(s, dim=-1), "sparsemax": sparsemax}
-    return torch.stack([fns[k](scaled) for k in kinds], dim=1)
+Selection = Literal["published", "separate-samples", "bonferroni-maps"]
+SELECTIONS: tuple[str, ...] = get_args(Selection)
 
 
 class LVMCertificate(NamedTuple):
-    """LVM-RS certificates of a batch of points.
+    """LVM-RS certificates of a batch of points; the first two fields are those of :class:`Certificate`.
 
     Attributes:
         prediction: (B,) int64 class or ``ABSTAIN`` (-1).
@@ -92,7 +46,7 @@ class LVMCertificate(NamedTuple):
         temperature: (B,) float64, the map's temperature (NaN for argmax).
         radius_kind: the radius formula used (``"multi"``, ``"margin"`` or ``"multi-lip"``).
         p_a, p_b: (B,) float64 lower bound on the top class's smoothed value and upper bound on the
-        runner-up's.
+            runner-up's.
     """
 
     prediction: torch.Tensor
@@ -122,8 +76,6 @@ def _bounds_top_two(lower: np.ndarray, upper: np.ndarray):
 
 def _multi(p_a: np.ndarray, p_b: np.ndarray, sigma: float) -> np.ndarray:
     """R_multi with the conventions of an invalid bound: p_a ≤ 0 or p_b ≥ 1 certify nothing (-inf)."""
-    from stabkit.certify._radii import radius_multi
-
     ok = (p_a > 0) & (p_b < 1) & (p_b > 0)
     out = np.full(np.shape(p_a), -np.inf)
     if ok.any():
@@ -133,8 +85,6 @@ def _multi(p_a: np.ndarray, p_b: np.ndarray, sigma: float) -> np.ndarray:
 
 def _multi_lip(p_a: np.ndarray, p_b: np.ndarray, sigma: float, lipschitz: np.ndarray) -> np.ndarray:
     """R_multiLip per map (``lipschitz`` of the same shape), -inf where the bounds certify nothing."""
-    from stabkit.certify._radii import radius_multi_lip
-
     ok = (p_a > 0) & (p_b < 1) & (p_b > 0) & (p_a > p_b)
     out = np.full(np.shape(p_a), -np.inf)
     if ok.any():
@@ -147,8 +97,6 @@ def _candidates(counts, mean, var, *, n, alpha_map, sigma, temperatures, kinds, 
 
     Candidate order: [argmax/multi] + [(k, t)/multi for all k, t] + [(k, t)/margin] (+ [(k, t)/multi-lip]).
     """
-    from stabkit.certify._intervals import bernstein_shift, bonferroni_bounds
-
     num_classes = counts.shape[-1]
     # argmax map: one-sided Clopper–Pearson at α/C per class (the published two-sided 2α/C)
     low, high = bonferroni_bounds(counts, alpha=alpha_map)
@@ -187,7 +135,7 @@ def lvm_certify(
     log,
     *,
     alpha: float = 0.001,
-    selection: str = "same-samples (published)",
+    selection: Selection = "published",
     lipschitz: float | None = None,
 ) -> LVMCertificate:
     """LVM-RS certificates from a log sampled with temperatures (``Smooth.sample(..., temperatures=...)``).
@@ -212,10 +160,10 @@ def lvm_certify(
         log: a ``SmoothingLog`` with LVM statistics (``"separate-samples"`` also needs them for the selection
             samples, i.e. ``n0 > 1``).
         alpha: failure probability.
-        selection: ``"same-samples (published)"`` (not corrected for the choice among maps),
+        selection: ``"published"`` (every map on the same samples, not corrected for the choice among maps),
             ``"separate-samples"`` or ``"bonferroni-maps"`` (both valid at level ``alpha``).
         lipschitz: Lipschitz constant of the base network's logits (e.g. 1 for a 1-Lipschitz network), or
-        None.
+            None.
 
     Returns:
         :class:`LVMCertificate` (CPU tensors and tuples of names).
@@ -226,13 +174,10 @@ def lvm_certify(
     References:
         Delattre, Araujo, Barthélemy, Allauzen, "The Lipschitz-Variance-Margin Tradeoff for Enhanced
         Randomized Smoothing", ICLR 2024 (arXiv 2309.16883); Maurer & Pontil, COLT 2009 (empirical Bernstein);
-        thesis ch. 6.
+        thesis arXiv:2510.25282 ch. 6.
     """
-    from stabkit.certify._smoothing import ABSTAIN
-
     alpha = check_probability("alpha", alpha)
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    check_choice("selection", selection, SELECTIONS)
     if log.mean_estimation is None:
         raise ValueError("the log has no LVM statistics: sample it with Smooth.sample(..., temperatures=TEMPERATURES)")
     if selection == "separate-samples" and (log.mean_selection is None or log.n0 < 2):

@@ -2,8 +2,8 @@
 
 Both certificates turn one forward pass into a radius: no input inside the ℓ2 ball of that radius around
 ``x`` changes the prediction. They are *sound* only if the Lipschitz constant passed in is a true upper
-bound of the network's ℓ2 Lipschitz constant; :func:`stabkit.certify.soundness_audit` checks that
-empirically.
+bound of the network's ℓ2 Lipschitz constant; :func:`stabkit.certify.margin.soundness_audit` checks that
+empirically. Both return the core :class:`stabkit.certify.Certificate`.
 
 Note [strict certificates]
     Tsuzuku et al. certify radius ε iff ``z_y − max_{j≠y} z_j > √2·L·ε``: a strict inequality. The radius
@@ -16,35 +16,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from stabkit._checks import check_positive_float, check_positive_int, check_tensor
+from stabkit.certify._types import Certificate, as_certificate
 
 __all__ = [
-    "MarginCertificate",
     "margin_certificate",
     "lln_certificate",
     "certified_accuracy",
-    "certify",
+    "certify_model",
     "network_lipschitz",
 ]
-
-
-class MarginCertificate(NamedTuple):
-    """Prediction and certified ℓ2 radius of each input.
-
-    Attributes:
-        prediction: ``(B,)`` int64, the top class ``argmax_j z_j``.
-        radius: ``(B,)`` the certified ℓ2 radius (a lower bound on the distance to the nearest input with
-            another prediction, provided the Lipschitz constant used is an upper bound). ``inf`` where no
-            other class can ever win (LLN with identical rows), never negative.
-    """
-
-    prediction: torch.Tensor
-    radius: torch.Tensor
 
 
 def _check_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -54,7 +39,7 @@ def _check_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def margin_certificate(logits: torch.Tensor, *, lipschitz: float) -> MarginCertificate:
+def margin_certificate(logits: torch.Tensor, *, lipschitz: float) -> Certificate:
     """Margin certificate of a network whose logit map is ``lipschitz``-Lipschitz in ℓ2.
 
     Each difference ``z_y − z_j`` is ``√2·L``-Lipschitz (its gradient is ``(e_y − e_j)ᵀ J`` and
@@ -67,7 +52,7 @@ def margin_certificate(logits: torch.Tensor, *, lipschitz: float) -> MarginCerti
         lipschitz: an upper bound ``L`` on the ℓ2 Lipschitz constant of ``x ↦ logits``.
 
     Returns:
-        :class:`MarginCertificate` with the top class and the radius ``(z_top − z_second) / (√2 L)``.
+        :class:`Certificate` with the top class and the radius ``(z_top − z_second) / (√2 L)``.
 
     Shape:
         logits ``(B, K)`` → prediction ``(B,)``, radius ``(B,)`` (dtype of ``logits``).
@@ -81,16 +66,30 @@ def margin_certificate(logits: torch.Tensor, *, lipschitz: float) -> MarginCerti
         1.4142
 
     References:
-        Tsuzuku, Sato, Sugiyama, "Lipschitz-Margin Training", NeurIPS 2018. Thesis ch. 2 and 4.
+        Tsuzuku, Sato, Sugiyama, "Lipschitz-Margin Training", NeurIPS 2018 (arXiv 1802.04034). Thesis
+        (arXiv:2510.25282) ch. 2 and 4.
     """
     _check_logits(logits)
     lipschitz = check_positive_float("lipschitz", lipschitz)
     top2 = logits.topk(2, dim=1)  # values (B, 2), sorted
     margin = top2.values[:, 0] - top2.values[:, 1]  # (B,) >= 0
-    return MarginCertificate(top2.indices[:, 0], margin / (math.sqrt(2.0) * lipschitz))
+    return Certificate(top2.indices[:, 0], _divide(margin, math.sqrt(2.0) * lipschitz))
 
 
-def lln_certificate(logits: torch.Tensor, weight: torch.Tensor, *, lipschitz: float = 1.0) -> MarginCertificate:
+def _divide(gap: torch.Tensor, denominator: float) -> torch.Tensor:
+    """``gap / denominator`` (a radius) without overflowing to ``inf``, which means "no class can ever win".
+
+    A tiny Lipschitz constant (``1e-300``) is not representable in float32: the quotient is formed in float64
+    and saturates at the largest finite value of ``gap``'s dtype, a radius too large to matter but still finite.
+    Rounding the float64 quotient to float32 may round up by half an ulp; the radius is a supremum compared
+    strictly (Note [strict certificates]), as the float32 quotient was before.
+    """
+    radius = gap.double() / denominator
+    finite_max = torch.finfo(gap.dtype).max
+    return torch.where(torch.isinf(gap), gap.double(), radius.clamp_max(finite_max)).to(gap.dtype)
+
+
+def lln_certificate(logits: torch.Tensor, weight: torch.Tensor, *, lipschitz: float = 1.0) -> Certificate:
     """Certificate of a network ``z = W h(x) + b`` whose body ``h`` is ``lipschitz``-Lipschitz.
 
     The difference ``z_y − z_j = (w_y − w_j)ᵀ h(x) + b_y − b_j`` is ``‖w_y − w_j‖·L``-Lipschitz, so the
@@ -105,7 +104,7 @@ def lln_certificate(logits: torch.Tensor, weight: torch.Tensor, *, lipschitz: fl
         lipschitz: an upper bound on the ℓ2 Lipschitz constant of the body ``x ↦ h(x)``.
 
     Returns:
-        :class:`MarginCertificate`; radius ``inf`` if the top row equals every other row it is compared
+        :class:`Certificate`; radius ``inf`` if the top row equals every other row it is compared
         with.
 
     Shape:
@@ -117,7 +116,8 @@ def lln_certificate(logits: torch.Tensor, weight: torch.Tensor, *, lipschitz: fl
 
     References:
         Singla, Singla, Feizi, "Improved deterministic l2 robustness on CIFAR-10 and CIFAR-100", ICLR 2022
-        (LLN); used by Meunier et al. ICML 2022 (CPL) and Araujo et al. ICLR 2023 (SLL). Thesis ch. 4.
+        (LLN); used by Meunier et al. ICML 2022 (CPL) and Araujo et al. ICLR 2023 (SLL). Thesis
+        (arXiv:2510.25282) ch. 4.
     """
     _check_logits(logits)
     check_tensor("weight", weight, ndim=2)
@@ -136,16 +136,20 @@ def lln_certificate(logits: torch.Tensor, weight: torch.Tensor, *, lipschitz: fl
     # a pair with identical rows can never swap order (its logit gap is a constant): infinite radius for it
     per_class = torch.where(dist > 0, gap / dist.clamp_min(torch.finfo(dist.dtype).tiny), torch.inf)
     per_class.scatter_(1, prediction[:, None], torch.inf)  # the top class is not a competitor
-    return MarginCertificate(prediction, per_class.min(dim=1).values / lipschitz)
+    return Certificate(prediction, _divide(per_class.min(dim=1).values, lipschitz))
 
 
 def certified_accuracy(
-    certificate: MarginCertificate, labels: torch.Tensor, epsilons: Sequence[float] | torch.Tensor
+    certificate: Certificate | tuple, labels: torch.Tensor, epsilons: Sequence[float] | torch.Tensor
 ) -> torch.Tensor:
     """Fraction of inputs both correctly classified and certified at each radius of a grid.
 
+    Works for every certificate of :mod:`stabkit.certify` (margin, LLN, randomized smoothing, LVM-RS): it reads
+    their common fields ``prediction`` and ``radius``. An abstention (``ABSTAIN``) is never correct.
+
     Args:
-        certificate: output of :func:`margin_certificate`, :func:`lln_certificate` or :func:`certify`.
+        certificate: a :class:`Certificate` or any certificate that starts with its fields (e.g.
+            :func:`stabkit.certify.smoothing.Smooth.certify`'s).
         labels: ``(B,)`` true classes.
         epsilons: radii ``ε ≥ 0`` (e.g. ``[0, 36/255, 72/255, 108/255, 1]``).
 
@@ -155,13 +159,21 @@ def certified_accuracy(
         Note [strict certificates]). Non-increasing in ε.
 
     Raises:
-        ValueError: if shapes disagree, a radius is negative, or ``epsilons`` is empty or has a negative
-            entry.
+        ValueError: if shapes disagree, the batch is empty, a radius is negative or NaN, or ``epsilons`` is
+            empty or has a negative entry.
     """
-    prediction, radius = certificate
+    prediction, radius = as_certificate(certificate)
     check_tensor("labels", labels, ndim=1)
     if labels.shape != prediction.shape:
         raise ValueError(f"labels has shape {tuple(labels.shape)} but the certificate has {tuple(prediction.shape)}")
+    if prediction.numel() == 0:
+        raise ValueError("the certificate is empty: certified accuracy needs at least one input")
+    if radius.shape != prediction.shape:
+        raise ValueError(f"radius has shape {tuple(radius.shape)} but prediction has {tuple(prediction.shape)}")
+    if radius.is_floating_point() and bool(torch.isnan(radius).any()):
+        raise ValueError("the certificate has NaN radii; recompute it from finite logits")
+    if bool((radius < 0).any()):
+        raise ValueError("the certificate has negative radii; a certified radius is >= 0 (0 where not certified)")
     eps = torch.as_tensor(epsilons, dtype=torch.float64, device=radius.device).reshape(-1)  # (E,)
     if eps.numel() == 0 or bool((eps < 0).any()) or not bool(torch.isfinite(eps).all()):
         raise ValueError(f"epsilons must be a non-empty list of finite radii >= 0, got {epsilons!r}")
@@ -178,7 +190,7 @@ def network_lipschitz(model: nn.Module, *, head: bool = True) -> float:
     A model declares its guarantee through a ``lipschitz_constant(head=...)`` method (as
     :class:`stabkit.models.LipschitzNet` does; ``head=False`` excludes the LLN last layer) or a ``lipschitz``
     attribute (a number, or a method returning one; the stabkit layers' class attribute). This is the
-    constant the certificate uses; it is a claim, checked by :func:`stabkit.certify.soundness_audit` and
+    constant the certificate uses; it is a claim, checked by :func:`stabkit.certify.margin.soundness_audit` and
     cross-checked by the Gram-iteration product bound of :mod:`stabkit.lipschitz`.
 
     Args:
@@ -223,14 +235,14 @@ def _lln_weight(model: nn.Module) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def certify(
+def certify_model(
     model: nn.Module,
     x: torch.Tensor,
     *,
     lipschitz: float | None = None,
     batch_size: int = 1024,
     lln: bool | None = None,
-) -> MarginCertificate:
+) -> Certificate:
     """Certify a batch with a Lipschitz network: LLN certificate if it ends in an LLN layer, else margin.
 
     The model is evaluated in eval mode (its mode is restored afterwards), by chunks of ``batch_size``.
@@ -246,7 +258,7 @@ def certify(
             ``normalized_weight()`` method.
 
     Returns:
-        :class:`MarginCertificate` for the ``B`` inputs.
+        :class:`Certificate` for the ``B`` inputs.
     """
     check_tensor("x", x, min_ndim=1)
     check_positive_int("batch_size", batch_size)

@@ -17,9 +17,12 @@ Note [the ramp is the worst case]
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import numpy as np
 from scipy import special, stats
+
+from stabkit._checks import check_choice, check_positive_float, check_probabilities, scalar_or_array
 
 __all__ = [
     "radius_mono",
@@ -31,31 +34,10 @@ __all__ = [
     "smoothed_lipschitz_bound",
 ]
 
-_CONSTANTS = ("tight", "official")
-_LIP_METHODS = ("local", "integrated")
-
-
-def _positive(name: str, value: object, *, allow_inf: bool = False) -> float:
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive real number, got {value!r}") from None
-    if not v > 0 or math.isnan(v) or (v == math.inf and not allow_inf):
-        extra = " (math.inf allowed)" if allow_inf else ""
-        raise ValueError(f"{name} must be a finite number > 0{extra}, got {value!r}")
-    return v
-
-
-def _probability(name: str, p: object) -> np.ndarray:
-    a = np.asarray(p, dtype=np.float64)
-    if np.any(np.isnan(a)) or np.any(a < 0) or np.any(a > 1):
-        raise ValueError(f"{name} must be a probability in [0, 1] (a confidence bound), got {p!r}")
-    return a
-
-
-def _out(x: np.ndarray) -> np.ndarray | float:
-    x = np.asarray(x, dtype=np.float64)
-    return float(x) if x.ndim == 0 else x
+LipMethod = Literal["local", "integrated"]
+SmoothedConstant = Literal["tight", "official"]
+_CONSTANTS: tuple[str, ...] = get_args(SmoothedConstant)
+_LIP_METHODS: tuple[str, ...] = get_args(LipMethod)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -80,10 +62,10 @@ def radius_mono(p_a: object, *, sigma: float) -> np.ndarray | float:
         0.5725
 
     References:
-        Cohen, Rosenfeld & Kolter, ICML 2019, Thm. 1. Thesis ch. 6.
+        Cohen, Rosenfeld & Kolter, ICML 2019 (arXiv 1902.02918), Thm. 1. Thesis arXiv:2510.25282, ch. 6.
     """
-    s = _positive("sigma", sigma)
-    return _out(s * special.ndtri(_probability("p_a", p_a)))
+    s = check_positive_float("sigma", sigma)
+    return scalar_or_array(s * special.ndtri(check_probabilities("p_a", p_a)))
 
 
 def radius_multi(p_a: object, p_b: object, *, sigma: float) -> np.ndarray | float:
@@ -101,12 +83,12 @@ def radius_multi(p_a: object, p_b: object, *, sigma: float) -> np.ndarray | floa
         Radius of the broadcast shape.
 
     References:
-        Cohen, Rosenfeld & Kolter, ICML 2019, Thm. 1. Thesis ch. 6.
+        Cohen, Rosenfeld & Kolter, ICML 2019 (arXiv 1902.02918), Thm. 1. Thesis arXiv:2510.25282, ch. 6.
     """
-    s = _positive("sigma", sigma)
-    pa, pb = _probability("p_a", p_a), _probability("p_b", p_b)
+    s = check_positive_float("sigma", sigma)
+    pa, pb = check_probabilities("p_a", p_a), check_probabilities("p_b", p_b)
     with np.errstate(invalid="ignore"):  # inf - inf only for p_a = 1 and p_b = 1, a contradiction: nan
-        return _out(0.5 * s * (special.ndtri(pa) - special.ndtri(pb)))
+        return scalar_or_array(0.5 * s * (special.ndtri(pa) - special.ndtri(pb)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -166,14 +148,14 @@ def ramp_offset(p: object, *, sigma: float, lipschitz: object) -> np.ndarray | f
         ``s0`` of the broadcast shape.
 
     References:
-        Delattre et al., AISTATS 2025. Thesis ch. 6b.
+        Delattre et al., AISTATS 2025 (arXiv 2504.02412). Thesis arXiv:2510.25282, ch. 6b.
     """
-    s, lip = _positive("sigma", sigma), _lipschitz(lipschitz, allow_inf=False)
-    pa = _probability("p", p)
+    s, lip = check_positive_float("sigma", sigma), _lipschitz(lipschitz, allow_inf=False)
+    pa = check_probabilities("p", p)
     if np.any((pa <= 0) | (pa >= 1)):
         raise ValueError("p must lie strictly inside (0, 1) for a finite ramp offset")
     pa, lip = np.broadcast_arrays(pa, lip)
-    return _out(_solve_ramp_offset(pa, s, lip))
+    return scalar_or_array(_solve_ramp_offset(pa, s, lip))
 
 
 def _local_lipschitz(p: np.ndarray, s0: np.ndarray, sigma: float, lip: np.ndarray) -> np.ndarray:
@@ -200,10 +182,10 @@ def local_lipschitz(p: object, *, sigma: float, lipschitz: object) -> np.ndarray
         ``L_loc`` of the broadcast shape.
 
     References:
-        Delattre et al., AISTATS 2025. Thesis ch. 6b.
+        Delattre et al., AISTATS 2025 (arXiv 2504.02412). Thesis arXiv:2510.25282, ch. 6b.
     """
-    s, lip = _positive("sigma", sigma), _lipschitz(lipschitz, allow_inf=True)
-    pa = _probability("p", p)
+    s, lip = check_positive_float("sigma", sigma), _lipschitz(lipschitz, allow_inf=True)
+    pa = check_probabilities("p", p)
     if np.any((pa <= 0) | (pa >= 1)):
         raise ValueError("p must lie strictly inside (0, 1)")
     pa, lip = np.broadcast_arrays(pa, lip)
@@ -212,7 +194,7 @@ def local_lipschitz(p: object, *, sigma: float, lipschitz: object) -> np.ndarray
     if finite.any():
         s0 = _solve_ramp_offset(pa[finite], s, lip[finite])
         out[finite] = _local_lipschitz(pa[finite], s0, s, lip[finite])
-    return _out(out)
+    return scalar_or_array(out)
 
 
 def _lip_radius_one(p: np.ndarray, sigma: float, lip: np.ndarray, method: str) -> np.ndarray:
@@ -235,7 +217,7 @@ def _lip_radius_one(p: np.ndarray, sigma: float, lip: np.ndarray, method: str) -
     return out
 
 
-def radius_mono_lip(p_a: object, *, sigma: float, lipschitz: object, method: str = "local") -> np.ndarray | float:
+def radius_mono_lip(p_a: object, *, sigma: float, lipschitz: object, method: LipMethod = "local") -> np.ndarray | float:
     """Lipschitz-aware one-class radius for a base classifier with ``L``-Lipschitz scores in ``[0, 1]``.
 
     ``"local"`` (the paper's formula, default): ``Phi^{-1}(p_a) / L_loc(p_a)`` with :func:`local_lipschitz`.
@@ -261,17 +243,16 @@ def radius_mono_lip(p_a: object, *, sigma: float, lipschitz: object, method: str
 
     References:
         Delattre, Caillon, Barthélemy, Fagnou & Allauzen, "Bridging the theoretical gap in randomized
-        smoothing", AISTATS 2025. Thesis ch. 6b.
+        smoothing", AISTATS 2025 (arXiv 2504.02412). Thesis arXiv:2510.25282, ch. 6b.
     """
-    s, lip = _positive("sigma", sigma), _lipschitz(lipschitz, allow_inf=True)
-    if method not in _LIP_METHODS:
-        raise ValueError(f"method must be one of {_LIP_METHODS}, got {method!r}")
-    pa, lip = np.broadcast_arrays(_probability("p_a", p_a), lip)
-    return _out(_lip_radius_one(pa, s, lip, method))
+    s, lip = check_positive_float("sigma", sigma), _lipschitz(lipschitz, allow_inf=True)
+    check_choice("method", method, _LIP_METHODS)
+    pa, lip = np.broadcast_arrays(check_probabilities("p_a", p_a), lip)
+    return scalar_or_array(_lip_radius_one(pa, s, lip, method))
 
 
 def radius_multi_lip(
-    p_a: object, p_b: object, *, sigma: float, lipschitz: object, method: str = "local"
+    p_a: object, p_b: object, *, sigma: float, lipschitz: object, method: LipMethod = "local"
 ) -> np.ndarray | float:
     """Lipschitz-aware two-class radius: ``1/2 (Phi^{-1}(p_a)/L_loc(p_a) - Phi^{-1}(p_b)/L_loc(p_b))``.
 
@@ -290,14 +271,13 @@ def radius_multi_lip(
         Radius of the broadcast shape; abstain when ``<= 0``.
 
     References:
-        Delattre et al., AISTATS 2025. Thesis ch. 6b.
+        Delattre et al., AISTATS 2025 (arXiv 2504.02412). Thesis arXiv:2510.25282, ch. 6b.
     """
-    s, lip = _positive("sigma", sigma), _lipschitz(lipschitz, allow_inf=True)
-    if method not in _LIP_METHODS:
-        raise ValueError(f"method must be one of {_LIP_METHODS}, got {method!r}")
-    pa, pb, lip = np.broadcast_arrays(_probability("p_a", p_a), _probability("p_b", p_b), lip)
+    s, lip = check_positive_float("sigma", sigma), _lipschitz(lipschitz, allow_inf=True)
+    check_choice("method", method, _LIP_METHODS)
+    pa, pb, lip = np.broadcast_arrays(check_probabilities("p_a", p_a), check_probabilities("p_b", p_b), lip)
     with np.errstate(invalid="ignore"):  # inf - inf only for p_a = 1 and p_b = 1, a contradiction: nan
-        return _out(0.5 * (_lip_radius_one(pa, s, lip, method) - _lip_radius_one(pb, s, lip, method)))
+        return scalar_or_array(0.5 * (_lip_radius_one(pa, s, lip, method) - _lip_radius_one(pb, s, lip, method)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -305,7 +285,7 @@ def radius_multi_lip(
 
 
 def smoothed_lipschitz_bound(
-    lipschitz: object, *, output_range: float = 1.0, sigma: float, constant: str = "tight"
+    lipschitz: object, *, output_range: float = 1.0, sigma: float, constant: SmoothedConstant = "tight"
 ) -> np.ndarray | float:
     """Lipschitz constant of the Gaussian smoothing of an ``L``-Lipschitz function with values in ``[0, r]``.
 
@@ -343,12 +323,12 @@ def smoothed_lipschitz_bound(
         0.68269
 
     References:
-        Delattre, Araujo, Barthélemy & Allauzen, ICLR 2024 (LVM-RS), and its official code (the ``"official"``
-        constant). Salman et al., NeurIPS 2019, Lemma 1. Thesis ch. 6; THESIS.md §10 open point 2.
+        Delattre, Araujo, Barthélemy & Allauzen, ICLR 2024 (LVM-RS, arXiv 2309.16883), and its official code
+        (the ``"official"`` constant). Salman et al., NeurIPS 2019 (arXiv 1906.04584), Lemma 1. Thesis
+        arXiv:2510.25282, ch. 6: the published constant is the looser one; the proof above gives the tight one.
     """
-    if constant not in _CONSTANTS:
-        raise ValueError(f"constant must be one of {_CONSTANTS}, got {constant!r}")
-    r, s = _positive("output_range", output_range), _positive("sigma", sigma)
+    check_choice("constant", constant, _CONSTANTS)
+    r, s = check_positive_float("output_range", output_range), check_positive_float("sigma", sigma)
     lip = np.asarray(lipschitz, dtype=np.float64)
     if np.any(np.isnan(lip)) or np.any(lip <= 0):
         raise ValueError(f"lipschitz must be > 0 (math.inf allowed), got {lipschitz!r}")
@@ -356,4 +336,4 @@ def smoothed_lipschitz_bound(
     with np.errstate(divide="ignore", invalid="ignore"):
         finite = lip * special.erf(half_width / (math.sqrt(2.0) * lip * s))
     limit = half_width * math.sqrt(2.0 / math.pi) / s  # L -> inf: erf(z) ~ 2 z / sqrt(pi)
-    return _out(np.where(np.isinf(lip), limit, finite))
+    return scalar_or_array(np.where(np.isinf(lip), limit, finite))

@@ -5,7 +5,7 @@ intervals and radii computed from the resulting counts cost nothing in compariso
 are separate here: :meth:`Smooth.sample` records, per test point, the class counts of the selection (``n0``)
 and estimation (``n``) samples and, on request, the statistics LVM-RS needs (per-map means and variances over
 a grid of temperatures); the record is a :class:`SmoothingLog` that can be written to disk (:func:`save_log`)
-and certified later with any interval method (:func:`certify_from_log`, :func:`stabkit.certify.lvm_certify`)
+and certified later with any method (:func:`certify_from_log`, :func:`stabkit.certify.smoothing.lvm_certify`)
 without sampling again. :meth:`Smooth.certify` is the two steps chained with Cohen's protocol.
 
 Note [noise stream]: the noise of a test point depends only on the root seed (one draw from the ``generator``
@@ -33,26 +33,27 @@ import torch
 from scipy import stats
 
 from stabkit._checks import (
+    check_choice,
     check_positive_float,
     check_positive_int,
     check_probability,
     check_tensor,
     resolve_generator,
 )
+from stabkit.certify._intervals import class_bounds
+from stabkit.certify._maps import MapKind, check_map_kinds, simplex_maps
+from stabkit.certify._radii import radius_multi
+from stabkit.certify._types import ABSTAIN, METHODS, Method
 
-ABSTAIN = -1
-
-#: Cohen et al.'s CERTIFY protocol (THESIS.md §2).
+#: The settings of Cohen et al.'s CERTIFY experiments (arXiv 1902.02918): n0 = 100, n = 100 000, alpha = 0.001.
 DEFAULT_N0 = 100
 DEFAULT_N = 100_000
 DEFAULT_ALPHA = 0.001
 
-#: Interval methods of :func:`certify_from_log` (those of :func:`stabkit.certify.class_bounds`).
-INTERVALS = ("cohen", "bonferroni", "max_upper", "cpm", "uncorrected")
 
-
-class Certificate(NamedTuple):
-    """Certificates of a batch of test points.
+class SmoothCertificate(NamedTuple):
+    """Randomized-smoothing certificates of a batch of test points; the first two fields are those of
+    :class:`stabkit.certify.Certificate`.
 
     Attributes:
         prediction: (B,) int64, the smoothed classifier's class, or ``ABSTAIN`` (-1).
@@ -138,8 +139,6 @@ class _Accumulator:
         flat = point * self.num_classes + logits.argmax(dim=1)
         self.counts.scatter_add_(0, flat, torch.ones_like(flat))
         if self.temperatures is not None:
-            from stabkit.certify._lvm import simplex_maps
-
             # (m, K, T, C) in float64: the sums of squares over 1e5 samples must not lose the variance
             s = simplex_maps(logits.double(), temperatures=self.temperatures, kinds=self.map_kinds)
             self.sum1.index_add_(0, point, s)
@@ -150,8 +149,6 @@ class _Accumulator:
         c = self.num_classes
         self.counts[point * c : (point + 1) * c] += torch.bincount(logits.argmax(dim=1), minlength=c)
         if self.temperatures is not None:
-            from stabkit.certify._lvm import simplex_maps
-
             s = simplex_maps(logits.double(), temperatures=self.temperatures, kinds=self.map_kinds)
             self.sum1[point] += s.sum(dim=0)
             self.sum2[point] += (s * s).sum(dim=0)
@@ -235,7 +232,7 @@ class Smooth:
 
     References:
         Cohen, Rosenfeld, Kolter, "Certified Adversarial Robustness via Randomized Smoothing", ICML 2019
-        (arXiv 1902.02918); thesis chapter 6.
+        (arXiv 1902.02918); thesis arXiv:2510.25282, ch. 6.
     """
 
     ABSTAIN = ABSTAIN
@@ -346,7 +343,7 @@ class Smooth:
         generator: torch.Generator | None = None,
         labels: torch.Tensor | np.ndarray | None = None,
         temperatures: torch.Tensor | np.ndarray | None = None,
-        map_kinds: tuple[str, ...] = ("softmax", "sparsemax"),
+        map_kinds: tuple[MapKind, ...] = ("softmax", "sparsemax"),
         indices: torch.Tensor | np.ndarray | None = None,
     ) -> SmoothingLog:
         """Run the noisy forward passes once and record what certification needs.
@@ -364,7 +361,7 @@ class Smooth:
             generator: noise source, on ``x.device``; ``None`` means a fresh generator seeded with 0.
             labels: optional true labels, stored in the log.
             temperatures: if given, also record per-class means and variances of the simplex maps
-                ``map_kinds`` at these temperatures (LVM-RS); ``stabkit.certify.TEMPERATURES`` is the
+                ``map_kinds`` at these temperatures (LVM-RS); ``stabkit.certify.smoothing.TEMPERATURES`` is the
                 published grid. Costs ``2·K·T·C`` float64 operations per sample.
             map_kinds: simplex maps recorded with ``temperatures``.
             indices: global index of each point of ``x`` in the whole test set (distinct, non-negative);
@@ -391,8 +388,6 @@ class Smooth:
                 raise ValueError(f"labels must have shape ({n_points},), got {labels_np.shape}")
         temps = None
         if temperatures is not None:
-            from stabkit.certify._lvm import check_map_kinds
-
             map_kinds = check_map_kinds(map_kinds)
             temps = torch.as_tensor(np.asarray(temperatures, dtype=np.float64), device=x.device).reshape(-1)
             if temps.numel() == 0 or not bool((temps > 0).all()) or not bool(torch.isfinite(temps).all()):
@@ -480,7 +475,7 @@ class Smooth:
         batch_size: int = 1024,
         generator: torch.Generator | None = None,
         indices: torch.Tensor | np.ndarray | None = None,
-    ) -> Certificate:
+    ) -> SmoothCertificate:
         """Cohen et al.'s CERTIFY: guess the top class on ``n0`` samples, bound its probability on ``n`` more.
 
         With probability at least ``1 - alpha`` over the noise, a point not abstained on has ``g(x) =
@@ -499,27 +494,28 @@ class Smooth:
             indices: global indices of the points (see :meth:`sample`).
 
         Returns:
-            :class:`Certificate` of tensors on ``x.device``.
+            :class:`SmoothCertificate` of tensors on ``x.device``.
 
         Shape:
             x: ``(B, *input_shape)``; every field of the result: ``(B,)``.
 
         References:
-            Cohen, Rosenfeld, Kolter, ICML 2019 (arXiv 1902.02918), Theorem 1 and CERTIFY; thesis chapter 6.
+            Cohen, Rosenfeld, Kolter, ICML 2019 (arXiv 1902.02918), Theorem 1 and CERTIFY; thesis
+            arXiv:2510.25282, ch. 6.
         """
         alpha = check_probability("alpha", alpha)
         n0 = check_positive_int("n0", n0)
         log = self.sample(x, n0=n0, n=n, batch_size=batch_size, generator=generator, indices=indices)
-        cert = certify_from_log(log, alpha=alpha, interval="cohen")
-        return Certificate(*(t.to(x.device) for t in cert))
+        cert = certify_from_log(log, alpha=alpha, method="cohen")
+        return SmoothCertificate(*(t.to(x.device) for t in cert))
 
 
 # ---------------------------------------------------------------------- certification from a log
-def certify_from_log(log: SmoothingLog, *, alpha: float = DEFAULT_ALPHA, interval: str = "cohen") -> Certificate:
-    """Certify every point of a log with one interval method, without sampling again.
+def certify_from_log(log: SmoothingLog, *, alpha: float = DEFAULT_ALPHA, method: Method = "cohen") -> SmoothCertificate:
+    """Certify every point of a log with one multiple-testing method, without sampling again.
 
     The top class is the argmax of the selection counts; the bounds come from the estimation counts
-    (:func:`stabkit.certify.class_bounds`), and the radius is ``R_multi = σ/2 (Φ⁻¹(p_a) − Φ⁻¹(p_b))``, which is
+    (:func:`stabkit.certify.stats.class_bounds`), and the radius is ``R_multi = σ/2 (Φ⁻¹(p_a) − Φ⁻¹(p_b))``, which is
     Cohen's ``R_mono = σ Φ⁻¹(p_a)`` when ``p_b = 1 − p_a``. Abstain when it is not positive. Methods, each
     valid with probability at least ``1 - alpha`` per point except ``"uncorrected"``:
 
@@ -534,34 +530,30 @@ def certify_from_log(log: SmoothingLog, *, alpha: float = DEFAULT_ALPHA, interva
     Args:
         log: a :class:`SmoothingLog` with selection counts (``n0 > 0``).
         alpha: failure probability.
-        interval: one of ``INTERVALS``.
+        method: one of ``stabkit.certify.METHODS`` (the values of the ``Method`` literal).
 
     Returns:
-        :class:`Certificate` of CPU tensors, one entry per point.
+        :class:`SmoothCertificate` of CPU tensors, one entry per point.
 
     Raises:
-        ValueError: unknown ``interval``, or a log without selection counts.
+        ValueError: unknown ``method``, or a log without selection counts.
 
     References:
         Cohen et al., ICML 2019; Delattre, Caillon, Barthélemy, Fagnou, Allauzen, "Bridging the Theoretical
-        Gap in Randomized Smoothing", AISTATS 2025 (arXiv 2504.02412); thesis chapter 6.
+        Gap in Randomized Smoothing", AISTATS 2025 (arXiv 2504.02412); thesis arXiv:2510.25282, ch. 6.
     """
-    from stabkit.certify._intervals import class_bounds
-    from stabkit.certify._radii import radius_multi
-
     alpha = check_probability("alpha", alpha)
-    if interval not in INTERVALS:
-        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+    check_choice("method", method, METHODS)
     if log.n0 == 0:
         raise ValueError("certify_from_log selects the top class on selection samples: sample with n0 > 0")
-    bounds = class_bounds(log.counts_selection, log.counts_estimation, alpha=alpha, method=interval)
+    bounds = class_bounds(log.counts_selection, log.counts_estimation, alpha=alpha, method=method)
     p_a = np.asarray(bounds.p_a, dtype=np.float64).reshape(-1)  # (B,)
     p_b = np.asarray(bounds.p_b, dtype=np.float64).reshape(-1)
     radius = np.asarray(radius_multi(p_a, p_b, sigma=log.sigma), dtype=np.float64).reshape(-1)
     certified = np.isfinite(radius) & (radius > 0)
     prediction = np.where(certified, np.asarray(bounds.top_class).reshape(-1), ABSTAIN).astype(np.int64)
     radius = np.where(certified, radius, 0.0)
-    return Certificate(*(torch.from_numpy(a) for a in (prediction, radius, p_a, p_b)))
+    return SmoothCertificate(*(torch.from_numpy(a) for a in (prediction, radius, p_a, p_b)))
 
 
 # ---------------------------------------------------------------------- log files

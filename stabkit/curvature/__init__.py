@@ -1,7 +1,7 @@
-"""Curvature of the loss in parameter space (thesis chapter 5).
+"""Curvature of the loss in parameter space (thesis arXiv:2510.25282, chapter 5).
 
 * Hessian-vector products and spectra: :class:`HessianOperator`, :func:`top_eigenvalues` (Lanczos),
-  :func:`power_iteration`, :func:`hutchinson_trace`, :func:`slq_density`, :func:`spectral_density`.
+  :func:`power_eigenpairs`, :func:`hutchinson_trace`, :func:`slq_density`, :func:`spectral_density`.
 * Weierstrass smoothing of the loss: :func:`smoothed_loss` (Monte Carlo), :func:`second_order_smoothed_loss`,
   and the last-layer bounds :func:`last_layer_hessian_bound`, :func:`last_layer_smoothing`,
   :func:`weierstrass_hessian_bound`.
@@ -25,7 +25,7 @@ from stabkit.curvature._hessian import (
     SpectralDensity,
     TraceEstimate,
     hutchinson_trace,
-    power_iteration,
+    power_eigenpairs,
     slq_density,
     spectral_density,
     top_eigenvalues,
@@ -70,7 +70,7 @@ __all__ = [
     "loss_slice_1d",
     "loss_slice_2d",
     "penultimate",
-    "power_iteration",
+    "power_eigenpairs",
     "second_order_smoothed_loss",
     "slq_density",
     "smoothed_loss",

@@ -1,4 +1,4 @@
-"""Activation decay: penalise the squared norm of the penultimate activations (thesis §5)."""
+"""Activation decay: penalise the squared norm of the penultimate activations (thesis arXiv:2510.25282, ch. 5)."""
 
 from __future__ import annotations
 
@@ -72,17 +72,23 @@ class ActivationDecay:
         lam: penalty weight ``λ ≥ 0`` (0 gives the plain objective).
         layer: the last layer, by name or module; ``h`` is its input, captured by a forward pre-hook.
         features: alternatively, ``features(model, x) -> (logits, h)``; give exactly one of
-        ``layer``/``features``.
+            ``layer``/``features``.
         loss_fn: ``loss_fn(logits, y)``, default cross-entropy.
 
     Example:
-        >>> objective = ActivationDecay(lam=1e-3, layer="fc")
-        >>> history = fit(model, (X, y), objective=objective, optimizer=opt, epochs=5, batch_size=128)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> x, y = torch.ones(5, 3), torch.zeros(5, dtype=torch.int64)
+        >>> objective = ActivationDecay(lam=1e-3, layer="2")  # h = the input of the last layer, model[2]
+        >>> loss = objective(model, x, y)  # cross-entropy + 1e-3 · mean ‖h‖², differentiable
+        >>> loss.shape
+        torch.Size([])
+
+    With :func:`stabkit.train.fit`, pass ``objective=objective``.
 
     References:
         Delattre et al., "Activation Decay by Loss Smoothing to Enhance Generalization", ICLR 2025 submission
         (OpenReview InRaT76E2S; no public code: which layers and which λ are open, we use the penultimate
-        layer). Thesis chapter 5.
+        layer). Thesis arXiv:2510.25282, ch. 5.
     """
 
     def __init__(

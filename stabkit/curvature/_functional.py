@@ -122,8 +122,7 @@ def iterate_data(data: Any, device: torch.device) -> list[tuple[torch.Tensor, to
             raise TypeError(msg) from None
         if not batches:
             raise ValueError("data is empty: give at least one (x, y) batch")
-    out = []
-    total = sum(len(b[0]) for b in batches)
+    checked = []
     for b in batches:
         if len(b) < 2:
             raise TypeError("each batch must be an (x, y) pair")
@@ -132,8 +131,12 @@ def iterate_data(data: Any, device: torch.device) -> list[tuple[torch.Tensor, to
         check_tensor("y", y, min_ndim=1)
         if len(x) != len(y):
             raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
-        out.append((x.to(device), y.to(device), len(x) / total))
-    return out
+        if len(x) > 0:  # an empty batch adds nothing to a mean over the data (and its own mean loss is NaN)
+            checked.append((x, y))
+    total = sum(len(x) for x, _ in checked)
+    if total == 0:
+        raise ValueError("data has no examples (every batch is empty): give at least one (x, y) pair")
+    return [(x.to(device), y.to(device), len(x) / total) for x, y in checked]
 
 
 def dataset_loss(

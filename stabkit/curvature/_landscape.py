@@ -36,7 +36,7 @@ def filter_normalized_direction(
 
     References:
         H. Li, Z. Xu, G. Taylor, C. Studer, T. Goldstein, "Visualizing the Loss Landscape of Neural Nets",
-        NeurIPS 2018. Thesis chapter 5.
+        NeurIPS 2018. Thesis arXiv:2510.25282, ch. 5.
     """
     space = ParameterSpace(model, params)
     g = resolve_generator(generator, space.device)

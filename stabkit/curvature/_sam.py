@@ -31,21 +31,32 @@ class SAM(torch.optim.Optimizer):
 
     Args:
         base_optimizer: the optimizer that takes the actual step (e.g. ``torch.optim.SGD(model.parameters(),
-        ...)``);
-            SAM shares its parameter groups, so learning-rate changes on either are seen by both.
+            ...)``); SAM shares its parameter groups, so learning-rate changes on either are seen by both.
         model: the network whose buffers (BatchNorm statistics) must not change in the second pass; required
-        for
-            correct statistics whenever the network has BatchNorm.
+            for correct statistics whenever the network has BatchNorm.
         rho: neighbourhood radius ``ρ > 0`` (0.05 is the usual value; ASAM uses larger, e.g. 0.5–2).
         adaptive: scale the perturbation by ``|w|`` element-wise (ASAM).
 
     Example:
-        >>> opt = SAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), model=model, rho=0.05)
-        >>> fit(model, (X, y), objective=supervised(F.cross_entropy), optimizer=opt, epochs=5, batch_size=128)
+        >>> import torch.nn.functional as F
+        >>> model = torch.nn.Linear(3, 2)
+        >>> x, y = torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 2
+        >>> opt = SAM(torch.optim.SGD(model.parameters(), lr=0.1), model=model, rho=0.05)
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = F.cross_entropy(model(x), y)
+        ...     loss.backward()
+        ...     return loss
+        >>> loss = opt.step(closure)  # the loss at w, before the step
+        >>> bool(F.cross_entropy(model(x), y) < loss)
+        True
+
+    With :func:`stabkit.train.fit`, pass ``optimizer=opt``: it builds the closure.
 
     References:
         P. Foret, A. Kleiner, H. Mobahi, B. Neyshabur, "Sharpness-Aware Minimization for Efficiently Improving
-        Generalization", ICLR 2021; J. Kwon et al., "ASAM", ICML 2021. Thesis chapter 5.
+        Generalization", ICLR 2021 (arXiv 2010.01412); J. Kwon et al., "ASAM", ICML 2021 (arXiv 2102.11600).
+        Thesis arXiv:2510.25282, ch. 5.
     """
 
     def __init__(

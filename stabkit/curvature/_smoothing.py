@@ -1,4 +1,7 @@
-"""Weierstrass smoothing of the loss in parameter space, and the last-layer bounds it gives (thesis §5)."""
+"""Weierstrass smoothing of the loss in parameter space, and the last-layer bounds it gives.
+
+References: thesis arXiv:2510.25282, chapter 5.
+"""
 
 from __future__ import annotations
 
@@ -66,9 +69,13 @@ def smoothed_loss(
     Returns:
         :class:`SmoothedLoss`.
 
+    Raises:
+        ValueError: bad arguments, or a loss that is not finite at some perturbed parameters (``sigma`` too
+            large for the model).
+
     References:
         Delattre et al., "Activation Decay by Loss Smoothing to Enhance Generalization", ICLR 2025 submission
-        (OpenReview InRaT76E2S; no public code, method reconstructed). Thesis chapter 5.
+        (OpenReview InRaT76E2S; no public code, method reconstructed). Thesis arXiv:2510.25282, ch. 5.
     """
     check_functional_model(model)
     check_positive_float("sigma", sigma)
@@ -86,6 +93,11 @@ def smoothed_loss(
             if antithetic:
                 minus = float(sum(w * space.loss(theta - eps, x, y, loss_fn) for x, y, w in batches))
                 samples[i] = (samples[i] + minus) / 2
+    if not bool(torch.isfinite(samples).all()):
+        raise ValueError(
+            f"the loss is not finite at some perturbed parameters θ + ε with sigma={sigma!r}: the noise is too "
+            "large for this model (the logits overflow); use a smaller sigma"
+        )
     mean = float(samples.mean())
     stderr = float(samples.std() / math.sqrt(n_samples))
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n_samples - 1)) * stderr
@@ -126,7 +138,7 @@ def second_order_smoothed_loss(
         :class:`SecondOrderSmoothedLoss`; ``value`` has standard error ``σ²/2 · trace_stderr``.
 
     References:
-        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis chapter 5.
+        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis arXiv:2510.25282, ch. 5.
     """
     check_positive_float("sigma", sigma)
     H = HessianOperator(model, data, params=params, loss_fn=loss_fn)
@@ -152,9 +164,14 @@ def last_layer_hessian_bound(features: torch.Tensor, *, bias: bool = False) -> f
         The bound (an upper bound on the true top eigenvalue, for every ``W`` and labels).
 
     References:
-        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis chapter 5.
+        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis arXiv:2510.25282, ch. 5.
+
+    Raises:
+        ValueError: ``features`` not a finite ``(B, d)`` tensor with ``B >= 1``.
     """
     check_tensor("features", features, ndim=2)
+    if features.shape[0] == 0:
+        raise ValueError("features is an empty batch; pass the activations of at least one example, shape (B, d)")
     sq = features.detach().to(torch.float64).pow(2).sum(1)  # (B,)
     return 0.5 * float((sq + (1.0 if bias else 0.0)).mean())
 
@@ -200,7 +217,7 @@ def last_layer_smoothing(
         :class:`LastLayerSmoothing`; ``bound`` is an upper bound on the exact smoothed loss.
 
     References:
-        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis chapter 5.
+        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis arXiv:2510.25282, ch. 5.
     """
     check_tensor("weight", weight, ndim=2)
     check_tensor("features", features, ndim=2)
@@ -234,7 +251,7 @@ def weierstrass_hessian_bound(lipschitz: float, *, sigma: float) -> float:
     Tight in one dimension: ``L(θ) = G|θ|`` has ``L_σ''(0) = 2Gφ(0)/σ = G√(2/π)/σ``.
 
     References:
-        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis chapter 5.
+        Delattre et al., ICLR 2025 submission (OpenReview InRaT76E2S). Thesis arXiv:2510.25282, ch. 5.
     """
     check_positive_float("lipschitz", lipschitz, allow_zero=True)
     check_positive_float("sigma", sigma)

@@ -9,6 +9,7 @@ from torch import nn
 from stabkit._checks import check_positive_int
 
 from ._common import fan_in_bound, normal_, uniform_
+from ._export import _GroupSortPlain, _MaxMinPlain, _PadChannelsPlain, _ScaledAvgPlain, plain_linear, traced
 
 
 class PaddingChannels(nn.Module):
@@ -36,6 +37,14 @@ class PaddingChannels(nn.Module):
             raise ValueError(f"input has {c} channels, more than out_channels={self.out_channels}")
         pad = [0, 0] * (x.ndim - 2) + [0, self.out_channels - c]  # F.pad lists the last dim first
         return F.pad(x, pad)
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1 (an isometry)."""
+        return 1.0
+
+    def export(self) -> nn.Module:
+        """Plain-torch ``torch.fx.GraphModule`` of the same map."""
+        return traced(_PadChannelsPlain(self.out_channels), "PaddingChannels")
 
     def extra_repr(self) -> str:
         return f"out_channels={self.out_channels}"
@@ -69,6 +78,14 @@ class ScaledAvgPool2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel_size
         return F.avg_pool2d(x, self.kernel_size) * (kh * kw) ** 0.5
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1 (disjoint windows, each of norm 1)."""
+        return 1.0
+
+    def export(self) -> nn.Module:
+        """Plain-torch ``torch.fx.GraphModule`` of the same map."""
+        return traced(_ScaledAvgPlain(self.kernel_size), "ScaledAvgPool2d")
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}"
@@ -105,6 +122,14 @@ class GroupSort(nn.Module):
         shape = x.shape[:d] + (n // self.group_size, self.group_size) + x.shape[d + 1 :]
         return x.reshape(shape).sort(dim=d + 1, descending=True).values.reshape(x.shape)
 
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1 (a permutation of the inputs at every point)."""
+        return 1.0
+
+    def export(self) -> nn.Module:
+        """Plain-torch ``torch.fx.GraphModule`` of the same map."""
+        return traced(_GroupSortPlain(self.group_size, self.dim), "GroupSort")
+
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}, dim={self.dim}"
 
@@ -135,6 +160,14 @@ class MaxMin(nn.Module):
         a, b, rest = x.split([n // 2, n // 2, n % 2], dim=self.dim)
         return torch.cat([torch.maximum(a, b), torch.minimum(a, b), rest], dim=self.dim)
 
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1 (a permutation of the inputs at every point)."""
+        return 1.0
+
+    def export(self) -> nn.Module:
+        """Plain-torch ``torch.fx.GraphModule`` of the same map."""
+        return traced(_MaxMinPlain(self.dim), "MaxMin")
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
 
@@ -144,7 +177,7 @@ class LinearNormalized(nn.Module):
 
     Its own ℓ2 Lipschitz constant is ``‖Ŵ‖₂`` (≤ √out_features), given by :meth:`lipschitz_constant`; the LLN
     certificate uses instead ``(z_y − z_j)/‖ŵ_y − ŵ_j‖ > L_body·ε`` with the rows of :meth:`normalized_weight`
-    (THESIS.md §2).
+    (thesis, arXiv:2510.25282, ch. 2).
 
     Args:
         in_features: size of the input features.
@@ -192,6 +225,14 @@ class LinearNormalized(nn.Module):
         with torch.no_grad():
             w = self.normalized_weight().to(torch.float64)
             return float(torch.linalg.matrix_norm(w, ord=2)) * (1.0 + 1e-9)
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant, :meth:`lipschitz_constant`."""
+        return self.lipschitz_constant()
+
+    def export(self) -> nn.Linear:
+        """Plain ``nn.Linear`` with the normalised rows."""
+        return plain_linear(self.normalized_weight().detach(), None if self.bias is None else self.bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.normalized_weight(), self.bias)

@@ -34,16 +34,24 @@ from stabkit._checks import check_positive_int, resolve_generator
 
 def pair_odd(name: str, kernel_size: object) -> tuple[int, int]:
     """Parse ``kernel_size`` (int or pair) and check both are odd (padding k//2 keeps the size)."""
-    ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)  # type: ignore[arg-type]
-    if len(ks) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {kernel_size!r}")
+    ks = int_pair(name, kernel_size, minimum=1)
     for k in ks:
-        check_positive_int(name, k)
         if k % 2 == 0:
             raise ValueError(
                 f"{name} must be odd (padding k//2 keeps the size only for odd kernels), got {kernel_size!r}"
             )
     return int(ks[0]), int(ks[1])
+
+
+def int_pair(name: str, value: object, *, minimum: int) -> tuple[int, int]:
+    """Parse an int or a pair of ints, each ``>= minimum``; a clear ValueError otherwise (floats, bools, ...)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints >= {minimum}, got {value!r}")
+    for v in value:
+        check_positive_int(name, v, minimum=minimum)
+    return int(value[0]), int(value[1])
 
 
 def normal_(
@@ -72,32 +80,60 @@ def gram_kernel(kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(kernel, kernel, padding=(kh - 1, kw - 1))
 
 
+def unit_scale(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight / s, s)`` with ``s`` the largest |entry| (detached; 1 for an all-zero weight).
+
+    Every layer guarantee here is a homogeneous function of the weight, so the layers compute it from the
+    unit-scale weight and put the scale back analytically: float32 weights anywhere in 1e-30 … 1e30 then give
+    finite, correct rescalings (the Gram matrix of a raw 1e20 weight overflows). ``s`` is a constant for autograd,
+    which leaves the gradient exact (the expression is the same function of the weight for every constant ``s``).
+    See Note [rescaling] in ``stabkit/norms/_dense.py``.
+    """
+    s = weight.detach().abs().amax()
+    s = torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
+    return weight / s, s
+
+
 def _rowsum_bound(m: torch.Tensor, logr: torch.Tensor, p: float, log_q: torch.Tensor | None) -> torch.Tensor:
-    """``(Σ_j |M_ij| q_j/q_i)^p · exp(p·logr)`` for M (n, n) or a kernel (n, n, sh, sw)."""
+    """``(Σ_j |M_ij| q_j/q_i)^p · exp(p·logr)`` for M (n, n) or a kernel (n, n, sh, sw).
+
+    Zero entries are raised to the smallest normal number: the Gershgorin bound holds for any symmetric
+    ``a_ij ≥ |M_ij|``, and no row sum is then 0 (a dead unit would divide by zero). With weights ``q`` the sum is
+    taken in log space (``logsumexp``), so ``|log q|`` in the hundreds neither overflows nor underflows.
+    """
+    tiny = torch.finfo(m.dtype).tiny
     a = m.abs()
     if a.ndim == 4:
         a = a.sum(dim=(2, 3))  # (n, n): sum over the spatial offsets
+    a = a.clamp_min(tiny)
     if log_q is None:
-        s = a.sum(dim=1)
+        log_s = torch.log(a.sum(dim=1))
     else:
-        s = (a @ torch.exp(log_q)) * torch.exp(-log_q)  # Σ_j |G_ij| q_j / q_i
-    # clamp: an all-zero row (dead unit) would give 0 and divide by zero; any positive value is then valid
-    s = s.clamp_min(torch.finfo(s.dtype).tiny)
-    return torch.exp(p * (torch.log(s) + logr))
+        log_s = torch.logsumexp(torch.log(a) + log_q[None, :], dim=1) - log_q  # log Σ_j |G_ij| q_j / q_i
+    # Raising a row sum keeps G ⪯ diag(t) true. Rows below eps × the largest (dead or nearly dead units) are raised
+    # to that level, so that their scale t^(-1/2) and its gradient stay moderate; an all-zero Gram matrix (a zero
+    # weight: any t > 0 is valid) gets t = 1.
+    top = log_s.detach().max()
+    floor = torch.where(top < math.log(tiny) + 20.0, torch.zeros_like(top), top + math.log(torch.finfo(m.dtype).eps))
+    log_s = torch.where(top < math.log(tiny) + 20.0, torch.zeros_like(log_s), torch.maximum(log_s, floor))
+    return torch.exp(p * (log_s + logr))
 
 
 def gram_bound(gram: torch.Tensor, *, n_iter: int = 1, log_q: torch.Tensor | None = None) -> torch.Tensor:
     """Diagonal ``t`` with ``G ⪯ diag(t)`` from a Gram matrix (n, n) or Gram kernel (n, n, s, s).
 
     See Note [Gram bound]. ``log_q`` holds the log of the Gershgorin weights (``None`` = all ones). Kernels are
-    squared by direct self-convolution here; :func:`conv_gram_bound` does it in the Fourier domain.
+    squared by direct self-convolution here; :func:`conv_gram_bound` does it in the Fourier domain. Form the Gram
+    matrix from a unit-scale weight (:func:`unit_scale`) so that it does not overflow; an all-zero Gram matrix gives
+    a finite positive ``t``.
 
     Shape: (n, n) or (n, n, sh, sw) → (n,).
     """
     m = gram
     logr = gram.new_zeros(())
     for _ in range(n_iter - 1):
-        r = torch.linalg.vector_norm(m.detach()).clamp_min(torch.finfo(m.dtype).tiny)
+        r = torch.linalg.vector_norm(m.detach())
+        r = torch.where(torch.isfinite(r) & (r > 0), r, torch.ones_like(r))  # a zero iterate stays zero
         m = m / r
         logr = 2 * (logr + torch.log(r))
         if m.ndim == 2:

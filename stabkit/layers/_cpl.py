@@ -19,9 +19,12 @@ What we do:
 * **Evaluation**: ``σ̂`` is a *certified upper bound* of ‖A‖₂, valid for every input size, so the eval-mode
   layer is 1-Lipschitz whatever the power iteration did: :func:`stabkit.norms.spectral_norm_upper` (dense) and
   :func:`stabkit.norms.conv_grid_bound` (convolutions; proof in Note [grid bound] of ``stabkit/norms/_grid.py``).
-  The bound is computed once per weight version and cached outside the module's state (not a buffer), so the
-  eval forward mutates nothing that ``torch.func.functional_call`` sees; when the layer is called with other
-  weights (``functional_call``, ``torch.func`` transforms) the bound is computed from those weights.
+  The bound is cached with a copy of the weight it was computed from and recomputed whenever the weight's
+  values differ from that copy (however they were changed: optimizer steps, fused or not, ``.data`` writes,
+  ``load_state_dict``, dtype or device moves). The cache lives outside the module's state (not a buffer, left
+  out of pickles), so the eval forward mutates nothing that ``torch.func.functional_call`` sees; when the
+  layer is called with other weights (``functional_call``, ``torch.func`` transforms) the bound is computed
+  from those weights.
 
 Consequence: the eval-mode step ``h`` is a little smaller than the training one (by the gap between the power
 iteration and the certified bound), which is the price of a guarantee that holds.
@@ -30,7 +33,6 @@ iteration and the certified bound), which is the price of a guarantee that holds
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +42,7 @@ from stabkit._checks import check_positive_float, check_positive_int, resolve_ge
 from stabkit.norms import conv_grid_bound, spectral_norm_upper
 
 from ._common import fan_in_bound, normal_, pair_odd, uniform_
+from ._export import residual_conv, residual_linear
 
 
 def _is_wrapped(t: torch.Tensor) -> bool:
@@ -53,34 +56,53 @@ def _is_wrapped(t: torch.Tensor) -> bool:
 class _CPLBase(nn.Module):
     lipschitz = 1.0
 
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant of the eval-mode layer: 1 (Note [CPL norm]; train mode: none)."""
+        return 1.0
+
     def _cached_bound(self) -> torch.Tensor:
+        # Note [CPL bound cache]: the cache is keyed on the weight's *values* (a stored copy compared with
+        # torch.equal), not on `weight._version` or the Parameter's identity: fused optimizers, `.data` writes,
+        # `vector_to_parameters`, EMA updates and `load_state_dict(assign=True)` change the values without
+        # bumping the version counter. The comparison is one pass over the weight, far cheaper than the bound.
         w = self.weight
         cache = self.__dict__.get("_bound_cache")
         if (
             cache is not None
             and not _is_wrapped(w)
-            and cache[0]() is w
-            and cache[1] == w._version
-            and cache[2].dtype == w.dtype
-            and cache[2].device == w.device
+            and cache[0].dtype == w.dtype
+            and cache[0].device == w.device
+            and cache[0].shape == w.shape
+            and torch.equal(cache[0], w.detach())
         ):
-            return cache[2]
+            return cache[1]
         # a bound made under inference_mode could not be used later in a graph: compute it outside of it
         with torch.inference_mode(False):
             bound = self._norm_bound(w)
-        # store only for the module's own parameter (not for weights passed by functional_call / transforms)
-        if isinstance(w, nn.Parameter) and not _is_wrapped(w):
-            bound = bound.detach()
-            self.__dict__["_bound_cache"] = (weakref.ref(w), w._version, bound)
+            # store only for the module's own weight (not for weights passed by functional_call / transforms)
+            if isinstance(w, nn.Parameter) and not _is_wrapped(w):
+                bound = bound.detach()
+                self.__dict__["_bound_cache"] = (w.detach().clone(), bound)
         return bound
 
+    def __getstate__(self) -> dict:
+        # the cache is derived data: pickling (torch.save(model), multiprocessing spawn) leaves it out
+        state = self.__dict__.copy()
+        state.pop("_bound_cache", None)
+        return state
+
     def norm_bound(self) -> torch.Tensor:
-        """Certified upper bound of ‖A‖₂ used in eval mode (cached per weight version)."""
+        """Certified upper bound of ‖A‖₂ used in eval mode (recomputed whenever the weight's values change)."""
         return self._cached_bound()
 
     def step_size(self) -> torch.Tensor:
         """The step ``h = 2/(σ̂² + eps)`` of the current mode (training: power iteration; eval: certified)."""
-        sigma = self._power_step() if self.training else self._cached_bound()
+        return self._step(self._power_step() if self.training else self._cached_bound())
+
+    def _step(self, sigma: torch.Tensor) -> torch.Tensor:
+        # A = 0 (e.g. zero initialisation) has σ̂ = 0, and with eps = 0 the step would be 2/0: every step is valid for
+        # A = 0, so take σ̂ = 1 there (an upper bound of ‖A‖ = 0), which keeps the output and its gradient finite
+        sigma = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
         return 2.0 / (sigma * sigma + self.eps)
 
     def _power_step(self) -> torch.Tensor:
@@ -163,6 +185,11 @@ class CPLLinear(_CPLBase):
     def _norm_bound(self, w: torch.Tensor) -> torch.Tensor:
         return spectral_norm_upper(w)
 
+    def export(self) -> nn.Module:
+        """Plain torch form of the **eval-mode** layer (certified step), a ``torch.fx.GraphModule``."""
+        w_out = (self.weight * self._step(self._cached_bound())).detach()
+        return residual_linear(self.weight.detach(), None if self.bias is None else self.bias.detach(), w_out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.linear(x, self.weight, self.bias))  # (*, inner)
         return x - z @ (self.weight * self.step_size())
@@ -219,6 +246,10 @@ class CPLConv2d(_CPLBase):
         self.eps = check_positive_float("eps", eps, allow_zero=True)
         self.n_grid = check_positive_int("n_grid", n_grid, minimum=max(self.kernel_size))
         self.n_eval = check_positive_int("n_eval", n_eval, minimum=2 * max(self.kernel_size))
+        try:  # reject now what the eval bound would reject at certification time (its own check, on a tiny kernel)
+            conv_grid_bound(torch.ones(1, 1, *self.kernel_size), n_eval=self.n_eval)
+        except ValueError as err:
+            raise ValueError(f"n_eval={n_eval} cannot be used by the certified eval bound: {err}") from None
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(self.inner_channels, channels, *self.kernel_size, **kw))
         self.bias = nn.Parameter(torch.empty(self.inner_channels, **kw)) if bias else None
@@ -247,7 +278,13 @@ class CPLConv2d(_CPLBase):
         return F.conv2d(self._circular(v), w.transpose(0, 1).flip(2, 3))
 
     def _norm_bound(self, w: torch.Tensor) -> torch.Tensor:
-        return conv_grid_bound(w, n_eval=self.n_eval)
+        return conv_grid_bound(w, n_samples=self.n_eval)
+
+    def export(self) -> nn.Module:
+        """Plain torch form of the **eval-mode** layer (certified step), a ``torch.fx.GraphModule``."""
+        w_out = (self.weight * self._step(self._cached_bound())).detach()
+        b = None if self.bias is None else self.bias.detach()
+        return residual_conv(self.weight.detach(), b, w_out, self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))  # (B, inner, H, W)

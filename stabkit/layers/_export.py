@@ -1,20 +1,29 @@
-"""Export trained Lipschitz layers to plain torch modules (nn.Linear/nn.Conv2d, ReLU, residual sum)."""
+"""Export trained Lipschitz layers to plain torch (Note [export]).
+
+Note [export]
+-------------
+``export_plain`` returns a model made only of torch's own classes, so that it loads with ``torch.load`` where
+stabkit is not installed and compiles with ``torch.export``. Each stabkit module owns its export: an ``export()``
+method returning plain torch modules with the same eval-mode function (duck-typed: any module with ``export()``
+takes part, so the set of layers stays open). Rescaled layers and LLN become ``nn.Linear``/``nn.Conv2d`` with the
+effective weight; residual layers (SLL, CPL, :class:`Residual`) and the parameter-free blocks (MaxMin, GroupSort,
+PaddingChannels, ScaledAvgPool2d) become small ``torch.fx.GraphModule`` s, whose pickles hold only their generated
+code and their torch submodules. Modules without ``export()`` are copied with their exported children.
+"""
 
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
-from torch import nn
-
-from ._basic import LinearNormalized
-from ._cpl import CPLConv2d, CPLLinear
-from ._rescaled import SRConv2d, SRLinear
-from ._sll import SLLConv2d, SLLLinear
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.utils import parametrize
 
 
 class Residual(nn.Module):
-    """``x + body(x)``: the plain form of an exported residual layer.
+    """``x + body(x)``: a residual block (its Lipschitz bound is ``1 + L(body)``).
 
     Args:
         body: the residual branch.
@@ -30,79 +39,127 @@ class Residual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
 
+    def export(self) -> nn.Module:
+        """Plain-torch form: a ``torch.fx.GraphModule`` computing ``x + body(x)`` with the exported body."""
+        return residual_graph(export_plain(self.body))
+
+
+def residual_graph(body: nn.Module) -> fx.GraphModule:
+    """``x + body(x)`` as a ``torch.fx.GraphModule`` whose only submodule is ``body`` (plain torch)."""
+    root = nn.Module()
+    root.body = body
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_function(operator.add, (x, graph.call_module("body", (x,)))))
+    return fx.GraphModule(root, graph, class_name="Residual")
+
+
+def traced(module: nn.Module, name: str) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` of a plain-torch helper module (its class is not kept in the result)."""
+    graph = fx.Tracer().trace(module)
+    for node in graph.nodes:  # postponed annotations are strings, which torch.save cannot name: drop them
+        node.type = None
+    return fx.GraphModule(nn.Module(), graph, class_name=name)
+
+
+# The plain helpers below are traced by torch.fx and never saved; they call torch functions only (a traced
+# ``call_method`` node pickles with a global that torch.save cannot name).
+class _MaxMinPlain(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[self.dim]
+        h = n // 2
+        a, b = torch.narrow(x, self.dim, 0, h), torch.narrow(x, self.dim, h, h)
+        rest = torch.narrow(x, self.dim, 2 * h, n - 2 * h)
+        return torch.cat([torch.maximum(a, b), torch.minimum(a, b), rest], dim=self.dim)
+
+
+class _GroupSortPlain(nn.Module):
+    def __init__(self, group_size: int, dim: int) -> None:
+        super().__init__()
+        self.group_size, self.dim = group_size, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.unflatten(torch.movedim(x, self.dim, -1), -1, (-1, self.group_size))
+        return torch.movedim(torch.flatten(torch.sort(g, dim=-1, descending=True)[0], -2), -1, self.dim)
+
+
+class _PadChannelsPlain(nn.Module):
+    def __init__(self, out_channels: int) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.movedim(F.pad(torch.movedim(x, 1, -1), (0, self.out_channels - x.shape[1])), -1, 1)
+
+
+class _ScaledAvgPlain(nn.Module):
+    def __init__(self, kernel_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.scale = float((kernel_size[0] * kernel_size[1]) ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mul(F.avg_pool2d(x, self.kernel_size), self.scale)
+
 
 def _like(t: torch.Tensor) -> dict:
     return {"device": t.device, "dtype": t.dtype}
 
 
-def _residual_linear(layer: nn.Module, w_out: torch.Tensor) -> Residual:
-    # x − relu(A x + b) @ w_out  ==  x + Linear(−w_outᵀ)(relu(Linear(A, b)(x)))
-    inner, feats = layer.weight.shape
-    first = nn.Linear(feats, inner, bias=layer.bias is not None, **_like(layer.weight))
-    second = nn.Linear(inner, feats, bias=False, **_like(layer.weight))
-    first.weight.copy_(layer.weight)
-    if layer.bias is not None:
-        first.bias.copy_(layer.bias)
-    second.weight.copy_(-w_out.T)
-    return Residual(nn.Sequential(first, nn.ReLU(), second))
+def residual_linear(weight: torch.Tensor, bias: torch.Tensor | None, w_out: torch.Tensor) -> fx.GraphModule:
+    """``x − relu(A x + b) @ w_out`` as ``x + Linear(−w_outᵀ)(relu(Linear(A, b)(x)))`` (plain torch)."""
+    with torch.no_grad():
+        inner, feats = weight.shape
+        first = nn.Linear(feats, inner, bias=bias is not None, **_like(weight))
+        second = nn.Linear(inner, feats, bias=False, **_like(weight))
+        first.weight.copy_(weight)
+        if bias is not None:
+            first.bias.copy_(bias)
+        second.weight.copy_(-w_out.T)
+    return residual_graph(nn.Sequential(first, nn.ReLU(), second))
 
 
-def _residual_conv(layer: nn.Module, w_out: torch.Tensor) -> Residual:
+def residual_conv(
+    weight: torch.Tensor, bias: torch.Tensor | None, w_out: torch.Tensor, padding: tuple[int, int]
+) -> fx.GraphModule:
+    """``x − conv_transpose2d(relu(conv2d(x, K) + b), w_out)`` with two ``nn.Conv2d`` (odd kernels, padding k//2)."""
     # conv_transpose2d(z, W, padding=p) == conv2d(z, flip(W)ᵀ, padding=k − 1 − p), and k − 1 − p = p for odd k
-    inner, c, kh, kw = layer.weight.shape
-    kwargs = {"kernel_size": (kh, kw), "padding": layer.padding, **_like(layer.weight)}
-    first = nn.Conv2d(c, inner, bias=layer.bias is not None, **kwargs)
-    second = nn.Conv2d(inner, c, bias=False, **kwargs)
-    first.weight.copy_(layer.weight)
-    if layer.bias is not None:
-        first.bias.copy_(layer.bias)
-    second.weight.copy_(-w_out.transpose(0, 1).flip(2, 3))
-    return Residual(nn.Sequential(first, nn.ReLU(), second))
+    with torch.no_grad():
+        inner, c, kh, kw = weight.shape
+        kwargs = {"kernel_size": (kh, kw), "padding": padding, **_like(weight)}
+        first = nn.Conv2d(c, inner, bias=bias is not None, **kwargs)
+        second = nn.Conv2d(inner, c, bias=False, **kwargs)
+        first.weight.copy_(weight)
+        if bias is not None:
+            first.bias.copy_(bias)
+        second.weight.copy_(-w_out.transpose(0, 1).flip(2, 3))
+    return residual_graph(nn.Sequential(first, nn.ReLU(), second))
 
 
-def _convert(m: nn.Module) -> nn.Module | None:
-    if isinstance(m, SRLinear):  # AOLLinear too
-        out = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, **_like(m.weight))
-        out.weight.copy_(m.effective_weight())
-    elif isinstance(m, SRConv2d):  # AOLConv2d too
-        out = nn.Conv2d(
-            m.in_channels,
-            m.out_channels,
-            m.kernel_size,
-            stride=m.stride,
-            padding=m.padding,
-            bias=m.bias is not None,
-            **_like(m.weight),
-        )
-        out.weight.copy_(m.effective_weight())
-    elif isinstance(m, LinearNormalized):
-        out = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, **_like(m.weight))
-        out.weight.copy_(m.normalized_weight())
-    elif isinstance(m, SLLLinear):
-        return _residual_linear(m, m.weight * (2.0 / m.gram_diagonal())[:, None])
-    elif isinstance(m, SLLConv2d):
-        return _residual_conv(m, m.weight * (2.0 / m.gram_diagonal())[:, None, None, None])
-    elif isinstance(m, CPLLinear):
-        return _residual_linear(m, m.weight * (2.0 / (m.norm_bound() ** 2 + m.eps)))
-    elif isinstance(m, CPLConv2d):
-        return _residual_conv(m, m.weight * (2.0 / (m.norm_bound() ** 2 + m.eps)))
-    else:
-        return None
-    if m.bias is not None:
-        out.bias.copy_(m.bias)
+def plain_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    with torch.no_grad():
+        out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, **_like(weight))
+        out.weight.copy_(weight)
+        if bias is not None:
+            out.bias.copy_(bias)
     return out
 
 
 def export_plain(module: nn.Module) -> nn.Module:
-    """Return a copy of ``module`` where every stabkit Lipschitz layer is replaced by plain torch modules.
+    """Return a copy of ``module`` made only of plain torch modules, computing the same eval-mode function.
 
-    The copy computes the same function as ``module`` in eval mode (CPL layers use their certified eval step;
-    see Note [CPL norm] in ``_cpl.py``): rescaled layers become ``nn.Linear``/``nn.Conv2d`` with the effective
-    weight, residual layers (SLL, CPL) become :class:`Residual` of ``Linear/Conv2d → ReLU → Linear/Conv2d``,
-    LLN becomes ``nn.Linear`` with the normalised rows. Parameter-free stabkit modules (``MaxMin``,
-    ``GroupSort``, ``PaddingChannels``, ``ScaledAvgPool2d``) are kept. The input module is not modified; the
-    copy is in eval mode with no gradient state. Outputs agree up to floating-point rounding (the scale is
-    folded into the kernel).
+    Every module with an ``export()`` method (every stabkit layer, :class:`Residual`,
+    :class:`stabkit.models.LipschitzNet`) is replaced by what it returns: ``nn.Linear``/``nn.Conv2d`` with the
+    effective weight for rescaled and LLN layers, a ``torch.fx.GraphModule`` for residual layers (CPL with its
+    certified eval step, Note [CPL norm] in ``_cpl.py``) and for the parameter-free blocks (Note [export]). Other
+    modules are copied with their exported children (their own classes are kept: a user's container class stays).
+    The input module is not modified; the copy is in eval mode with no gradient state. Outputs agree up to
+    floating-point rounding (scales are folded into the weights). The result pickles and loads with torch alone,
+    and ``torch.export.export`` accepts it.
 
     Args:
         module: a stabkit layer or any module containing them.
@@ -111,19 +168,32 @@ def export_plain(module: nn.Module) -> nn.Module:
         The exported module (eval mode).
 
     Example:
+        >>> from stabkit.layers import SLLLinear
         >>> plain = export_plain(SLLLinear(4, 8).eval())
-        >>> type(plain).__name__
-        'Residual'
+        >>> type(plain).__module__.startswith("stabkit")
+        False
     """
     with torch.no_grad():
-        converted = _convert(module)
-        if converted is not None:
-            return converted.eval()
-        new = copy.copy(module)
-        new._modules = {name: export_plain(child) for name, child in module._modules.items()}
+        export = getattr(module, "export", None)
+        if callable(export):
+            return export().eval()
+        if parametrize.is_parametrized(module):  # a user's layer with parametrizations: its original class,
+            cls = parametrize.type_before_parametrizations(module)  # with the parametrized tensors baked in
+            new = cls.__new__(cls)
+            new.__dict__ = {k: copy.copy(v) for k, v in module.__dict__.items()}
+            baked = {name: getattr(module, name) for name in module.parametrizations}
+        else:
+            new = copy.copy(module)
+            baked = {}
+        new._modules = {
+            name: None if c is None else export_plain(c)
+            for name, c in module._modules.items()
+            if not baked or name != "parametrizations"
+        }
         new._parameters = {
             k: None if v is None else nn.Parameter(v.detach().clone(), v.requires_grad)
-            for k, v in module._parameters.items()
+            for k, v in {**module._parameters, **baked}.items()
         }
         new._buffers = {k: None if v is None else v.detach().clone() for k, v in module._buffers.items()}
+        new.__dict__.pop("_bound_cache", None)
         return new.eval()

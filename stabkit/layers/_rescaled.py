@@ -16,7 +16,8 @@ from torch import nn
 
 from stabkit._checks import check_positive_int
 
-from ._common import conv_gram_bound, fan_in_bound, gram_bound, normal_, pair_odd, uniform_
+from ._common import conv_gram_bound, fan_in_bound, gram_bound, int_pair, normal_, pair_odd, uniform_, unit_scale
+from ._export import plain_linear
 
 
 class SRLinear(nn.Module):
@@ -27,8 +28,8 @@ class SRLinear(nn.Module):
     normalisation) at the cost of ``n_iter − 1`` products of (in × in) matrices per step.
 
     We rescale the input side (columns of W), as AOL does, so that ``n_iter = 1`` equals :class:`AOLLinear`
-    exactly; THESIS.md §4.2 writes the same construction on the output side (``diag(1/t) W`` from ``WWᵀ``),
-    which is this layer applied to ``Wᵀ``. Both satisfy the same guarantee.
+    exactly; the thesis (arXiv:2510.25282, ch. 4) writes the same construction on the output side
+    (``diag(1/t) W`` from ``WWᵀ``), which is this layer applied to ``Wᵀ``. Both satisfy the same guarantee.
 
     Args:
         in_features: size of each input sample.
@@ -81,12 +82,21 @@ class SRLinear(nn.Module):
 
     def rescaling(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Column scales ``d`` (in_features,) with ``‖W diag(d)‖₂ ≤ 1``."""
-        w = self.weight if weight is None else weight
-        return gram_bound(w.T @ w, n_iter=self.n_iter).rsqrt()
+        w, s = unit_scale(self.weight if weight is None else weight)
+        return gram_bound(w.T @ w, n_iter=self.n_iter).rsqrt() / s
 
     def effective_weight(self) -> torch.Tensor:
         """The matrix ``W diag(d)`` actually applied, (out_features, in_features); spectral norm ≤ 1."""
-        return self.weight * self.rescaling()[None, :]
+        w, _ = unit_scale(self.weight)  # scale-free: computed from the unit-scale weight (no overflow)
+        return w * gram_bound(w.T @ w, n_iter=self.n_iter).rsqrt()[None, :]
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1 (``‖W diag(d)‖₂ ≤ 1`` for any weight)."""
+        return 1.0
+
+    def export(self) -> nn.Linear:
+        """Plain ``nn.Linear`` with the effective weight (Note [export] in ``_export.py``)."""
+        return plain_linear(self.effective_weight().detach(), None if self.bias is None else self.bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
@@ -151,7 +161,7 @@ class SRConv2d(nn.Module):
         (B, in_channels, H, W) → (B, out_channels, H', W') as for ``nn.Conv2d``.
 
     Raises:
-        ValueError: even kernel size, non-positive sizes.
+        ValueError: even or non-integer kernel size, non-positive sizes, negative padding.
 
     References:
         Delattre et al., arXiv 2402.00240 (thesis ch. 3b); Prach & Lampert, ECCV 2022.
@@ -178,7 +188,11 @@ class SRConv2d(nn.Module):
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.kernel_size = pair_odd("kernel_size", kernel_size)
         self.stride = check_positive_int("stride", stride)
-        self.padding = (self.kernel_size[0] // 2, self.kernel_size[1] // 2) if padding is None else padding
+        self.padding = (
+            (self.kernel_size[0] // 2, self.kernel_size[1] // 2)
+            if padding is None
+            else int_pair("padding", padding, minimum=0)
+        )
         self.n_iter = check_positive_int("n_iter", n_iter)
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, **kw))
@@ -193,12 +207,36 @@ class SRConv2d(nn.Module):
 
     def rescaling(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Input-channel scales ``d`` (in_channels,) with ``‖conv(K ⊙ d)‖₂ ≤ 1``."""
-        w = self.weight if weight is None else weight
-        return conv_gram_bound(w.transpose(0, 1), n_iter=self.n_iter).rsqrt()  # KᵀK: Gram on the input side
+        w, s = unit_scale(self.weight if weight is None else weight)
+        return conv_gram_bound(w.transpose(0, 1), n_iter=self.n_iter).rsqrt() / s  # KᵀK: Gram on the input side
 
     def effective_weight(self) -> torch.Tensor:
         """The kernel ``K ⊙ d`` actually applied, (out, in, kh, kw)."""
-        return self.weight * self.rescaling()[None, :, None, None]
+        w, _ = unit_scale(self.weight)  # scale-free: computed from the unit-scale kernel (no overflow)
+        return w * conv_gram_bound(w.transpose(0, 1), n_iter=self.n_iter).rsqrt()[None, :, None, None]
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1, for every input size, zero padding and stride."""
+        return 1.0
+
+    def export(self) -> nn.Conv2d:
+        """Plain ``nn.Conv2d`` with the effective kernel (Note [export] in ``_export.py``)."""
+        w = self.effective_weight().detach()
+        out = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            bias=self.bias is not None,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        with torch.no_grad():
+            out.weight.copy_(w)
+            if self.bias is not None:
+                out.bias.copy_(self.bias)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.effective_weight(), self.bias, stride=self.stride, padding=self.padding)

@@ -1,7 +1,8 @@
 """SDP-based Lipschitz layers (SLL): residual layers ``x − 2 Aᵀ T⁻¹ relu(A x + b)`` with ``AAᵀ ⪯ T``.
 
 With ``n_iter > 1`` the diagonal T comes from a Gram power (Note [Gram bound] in ``_common.py``): this is the
-residual Spectral-Rescaling variant with learnable q of THESIS.md §4.2, and ``n_iter = 1`` is SLL itself.
+residual Spectral-Rescaling variant with learnable q of the thesis (arXiv:2510.25282, ch. 4), and ``n_iter = 1``
+is SLL itself.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from torch import nn
 
 from stabkit._checks import check_positive_int
 
-from ._common import conv_gram_bound, fan_in_bound, gram_bound, normal_, pair_odd, uniform_
+from ._common import conv_gram_bound, fan_in_bound, gram_bound, normal_, pair_odd, uniform_, unit_scale
+from ._export import residual_conv, residual_linear
 
 
 class SLLLinear(nn.Module):
@@ -23,8 +25,8 @@ class SLLLinear(nn.Module):
     ``A`` (inner_features × features) is the learned weight and ``T = diag(t)`` with the weighted Gershgorin
     bound ``t_i = Σ_j |AAᵀ|_ij q_j / q_i`` (``q = exp(log_q)`` learned), which satisfies ``AAᵀ ⪯ T``; Araujo
     et al. (2023, Thm 3) show that then ``h`` is 1-Lipschitz for any slope-restricted activation in [0, 1]
-    (ReLU here). ``n_iter > 1`` uses the Gram power ``(AAᵀ)^(2^(n_iter−1))`` for a tighter T (THESIS.md
-    §4.2, residual SR).
+    (ReLU here). ``n_iter > 1`` uses the Gram power ``(AAᵀ)^(2^(n_iter−1))`` for a tighter T (the
+    thesis' residual SR, arXiv:2510.25282 ch. 4).
 
     Args:
         features: width of the input and the output.
@@ -76,14 +78,27 @@ class SLLLinear(nn.Module):
 
     def gram_diagonal(self) -> torch.Tensor:
         """The diagonal ``t`` (inner_features,) of T, with ``AAᵀ ⪯ diag(t)``."""
-        w = self.weight
-        return gram_bound(w @ w.T, n_iter=self.n_iter, log_q=self.log_q)
+        w, s = unit_scale(self.weight)
+        return gram_bound(w @ w.T, n_iter=self.n_iter, log_q=self.log_q) * s**2
+
+    def output_weight(self) -> torch.Tensor:
+        """``2 T⁻¹ A`` (inner_features, features), the weight of the second product, computed scale-free."""
+        w, s = unit_scale(self.weight)  # T is homogeneous of degree 2 in A: 2T⁻¹A = (2/t(A/s)) (A/s) / s
+        return w * (2.0 / gram_bound(w @ w.T, n_iter=self.n_iter, log_q=self.log_q))[:, None] / s
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1 (Araujo et al. 2023, Thm 3)."""
+        return 1.0
+
+    def export(self) -> nn.Module:
+        """Plain torch ``x + Linear(relu(Linear(x)))`` as a ``torch.fx.GraphModule`` (Note [export])."""
+        b = None if self.bias is None else self.bias.detach()
+        return residual_linear(self.weight.detach(), b, self.output_weight().detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.linear(x, self.weight, self.bias))  # (*, inner)
         # fold 2/t into the (small) weight rather than scaling the (large) activation
-        w_out = self.weight * (2.0 / self.gram_diagonal())[:, None]  # (inner, features)
-        return x - z @ w_out
+        return x - z @ self.output_weight()
 
     def extra_repr(self) -> str:
         return (
@@ -106,7 +121,7 @@ class SLLConv2d(nn.Module):
         inner_channels: channels of the hidden pre-activation (default: ``channels``).
         kernel_size: odd int or pair of odd ints.
         bias: whether to learn the inner bias.
-        n_iter: Gram-power steps (1 = SLL; ``> 1`` = residual SR of THESIS.md §4.2).
+        n_iter: Gram-power steps (1 = SLL; ``> 1`` = residual SR, thesis arXiv:2510.25282 ch. 4).
         generator: random generator for the initialisation (``None`` = seeded 0).
 
     Shape:
@@ -158,12 +173,26 @@ class SLLConv2d(nn.Module):
 
     def gram_diagonal(self) -> torch.Tensor:
         """The diagonal ``t`` (inner_channels,) with ``KKᵀ ⪯ diag(t)`` as operators."""
-        return conv_gram_bound(self.weight, n_iter=self.n_iter, log_q=self.log_q)
+        w, s = unit_scale(self.weight)
+        return conv_gram_bound(w, n_iter=self.n_iter, log_q=self.log_q) * s**2
+
+    def output_weight(self) -> torch.Tensor:
+        """``K ⊙ 2/t`` (inner_channels, channels, kh, kw), the kernel of the transposed conv, computed scale-free."""
+        w, s = unit_scale(self.weight)
+        return w * (2.0 / conv_gram_bound(w, n_iter=self.n_iter, log_q=self.log_q))[:, None, None, None] / s
+
+    def lipschitz_bound(self) -> float:
+        """Guaranteed ℓ2 Lipschitz constant: 1, for every input size (Araujo et al. 2023, Thm 3)."""
+        return 1.0
+
+    def export(self) -> nn.Module:
+        """Plain torch ``x + Conv2d(relu(Conv2d(x)))`` as a ``torch.fx.GraphModule`` (Note [export])."""
+        b = None if self.bias is None else self.bias.detach()
+        return residual_conv(self.weight.detach(), b, self.output_weight().detach(), self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))  # (B, inner, H, W)
-        w_out = self.weight * (2.0 / self.gram_diagonal())[:, None, None, None]  # (inner, c, kh, kw)
-        return x - F.conv_transpose2d(z, w_out, padding=self.padding)
+        return x - F.conv_transpose2d(z, self.output_weight(), padding=self.padding)
 
     def extra_repr(self) -> str:
         return (

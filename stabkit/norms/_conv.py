@@ -1,20 +1,17 @@
-"""Spectral norms of 2-D convolutions: circular padding via the DFT, zero padding via the kernel, and
-baselines.
+"""Spectral norms of 2-D convolutions: circular padding via the DFT, zero padding via the kernel, and baselines.
 
-Conventions. A kernel has shape (c_out, c_in, kh, kw) and acts like ``torch.nn.functional.conv2d`` (cross-
-correlation). ``input_size`` is the spatial size n (int) or (h, w) of the layer's input. With circular
-padding the
-operator is the same whatever the padding offset (a circular shift does not change singular values); with zero
-padding, ``pad`` zeros are added on each side (default ``(k - 1) // 2``, the usual "same" padding for odd k).
+Conventions. A kernel has shape (c_out, c_in, kh, kw) and acts like ``torch.nn.functional.conv2d``
+(cross-correlation). ``input_size`` is the spatial size n (int) or (h, w) of the layer's input. With circular
+padding the operator is the same whatever the padding offset (a circular shift does not change singular values);
+with zero padding, ``pad`` zeros are added on each side (default ``(k - 1) // 2``, the usual "same" padding for
+odd k).
 
 Note [strides]
 --------------
-A stride-s circular convolution on n×n inputs (s dividing n) keeps one output in s per axis. In the unitary
-DFT
+A stride-s circular convolution on n×n inputs (s dividing n) keeps one output in s per axis. In the unitary DFT
 basis the subsampling folds the s² frequencies ω' + (a, b)·n/s onto ω', so the operator is block-diagonal with
 (n/s)² blocks of size c_out × (c_in·s²): ``[K̂(ω' + a n/s, ω' + b n/s)]_(a,b) / s``. The functions with a
-``stride`` argument use this exact formulation. Every other bound here is for stride 1; it remains a valid
-(loose)
+``stride`` argument use this exact formulation. Every other bound here is for stride 1; it remains a valid (loose)
 upper bound for a strided layer, since subsampling has norm ≤ 1.
 """
 
@@ -27,12 +24,21 @@ import torch.nn.functional as F
 
 from stabkit._checks import check_positive_float, check_positive_int, resolve_generator
 from stabkit.norms._dense import (
+    _F64_SLACK,
     SpectralBounds,
+    _batched_lapack,
     _bounds_loop,
-    _gram_steps,
+    _f64,
+    _fro,
+    _gamma,
+    _gram_upper64,
+    _GramIterationExplicit,
     _prepare,
+    _round_up,
+    _safe_fro64,
+    _safe_sqrt,
     _tall,
-    _upper_from,
+    _unit_roundoff,
     power_iteration,
 )
 
@@ -114,16 +120,53 @@ def _dft_blocks(kernel: torch.Tensor, size: tuple[int, int], stride: tuple[int, 
     return Kf / math.sqrt(sh * sw)
 
 
+def _dft_blocks_certified(
+    kernel: torch.Tensor, size: tuple[int, int], stride: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks of :func:`_dft_blocks` by a direct (separable) DFT, and a bound on their rounding error.
+
+    A direct DFT of the few taps of a kernel has an error bound proportional to the taps' absolute sum, unlike the
+    FFT of the zero-padded kernel, whose a-priori bound grows with the grid: each entry of a block errs by at most
+    ``2 γ_(kh+kw+6) Σ_ab |k_ij[a, b]|`` (two products of inner dimension kw and kh with twiddles rounded from
+    float64, Note [certified rounding] in ``_dense.py``), so every block errs in Frobenius norm by at most that
+    constant times ``‖(Σ_ab |k_ij[a, b]|)_ij‖_F``. Returns ``(blocks (B, c_out, c_in·s²), error)``, the error a
+    0-dim float64 tensor.
+    """
+    c_out, c_in = kernel.shape[:2]
+    k = _fold_kernel(_f64(kernel), size)  # folding in float64 (exact enough), then one rounding below
+    k = k.to(kernel.dtype)
+    kh, kw = k.shape[-2:]
+    (h, w), (sh, sw) = size, stride
+    cdtype = torch.complex64 if kernel.dtype == torch.float32 else torch.complex128
+    half = stride == (1, 1)
+    jw = torch.arange(w // 2 + 1 if half else w, device=k.device, dtype=torch.float64)
+    jh = torch.arange(h, device=k.device, dtype=torch.float64)
+    b = torch.arange(kw, device=k.device, dtype=torch.float64)
+    a = torch.arange(kh, device=k.device, dtype=torch.float64)
+    Pw = torch.exp(-2j * math.pi * b[:, None] * jw[None, :] / w).to(cdtype)  # (kw, w')
+    Ph = torch.exp(-2j * math.pi * jh[:, None] * a[None, :] / h).to(cdtype)  # (h, kh)
+    X = k.to(cdtype) @ Pw  # (c_out, c_in, kh, w')
+    Kf = torch.einsum("ua,oiaj->ujoi", Ph, X)  # (h, w', c_out, c_in)
+    u = _unit_roundoff(kernel.dtype, kernel.device)
+    err = _gamma(kh + kw + 6, u, True) * _fro(_f64(k.detach()).abs().sum(dim=(-2, -1), keepdim=False)[None, None])
+    err = err.reshape(())
+    if half:
+        return Kf.reshape(-1, c_out, c_in), err
+    Kf = Kf.reshape(sh, h // sh, sw, w // sw, c_out, c_in)  # frequency u = a·(h/sh) + u'
+    Kf = Kf.permute(1, 3, 4, 5, 0, 2).reshape(-1, c_out, c_in * sh * sw)  # (B, c_out, c_in·s²)
+    # the division by sqrt(s²) adds one rounding per entry, i.e. at most u ‖block‖_F ≤ u ‖(Σ|k_ij|)‖_F
+    return Kf / math.sqrt(sh * sw), err + u * _fro(_f64(k.detach()).abs().sum(dim=(-2, -1))[None, None]).reshape(())
+
+
 def conv_spectral_norm_exact(
     kernel: torch.Tensor, input_size: int | tuple[int, int], *, stride: int | tuple[int, int] = 1
 ) -> torch.Tensor:
-    """Exact spectral norm of a circular-padding convolution (FFT, then the largest eigenvalue of each Gram
-    block).
+    """Exact spectral norm of a circular-padding convolution (FFT, then the top eigenvalue of each Gram block).
 
     The DFT block-diagonalises the convolution (Sedghi et al. 2019); we take ``rfft2`` (half the blocks, real
-    kernels) and ``eigvalsh`` of the smaller Gram matrix of each block instead of an SVD of every block:
-    the top
-    eigenvalue of KᴴK is as accurate as σ1² (relative rounding of the dtype) and much cheaper.
+    kernels) and ``eigvalsh`` of the smaller Gram matrix of each block instead of an SVD of every block: the top
+    eigenvalue of KᴴK is as accurate as σ1² (relative rounding of the dtype) and much cheaper. Exact up to
+    rounding; :func:`~stabkit.norms.spectral_norm_bound` with ``method="exact"`` gives a certified upper bound.
 
     Args:
         kernel: real kernel (c_out, c_in, kh, kw); kernels larger than the input are wrapped around the torus.
@@ -134,17 +177,21 @@ def conv_spectral_norm_exact(
         σ1 of the circular convolution on h×w inputs, a 0-dim tensor.
 
     Raises:
-        ValueError: bad kernel shape/dtype, NaN/inf, non-positive size, stride not dividing the size.
+        ValueError: bad kernel shape/dtype, empty or NaN/inf kernel, non-positive size, stride not dividing the
+            size.
 
     References:
-        Sedghi, Gupta, Long, "The Singular Values of Convolutional Layers", ICLR 2019; thesis chapter 3.
+        Sedghi, Gupta, Long, "The Singular Values of Convolutional Layers", ICLR 2019 (arXiv:1805.10408),
+        Theorem 6; thesis (arXiv:2510.25282), chapter 3.
     """
     kernel = _check_kernel(kernel)
     size = _pair("input_size", input_size)
     stride = _check_stride(stride, size)
     s = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)  # scale: robust to 1e±30
-    B = _tall(_dft_blocks(kernel / s, size, stride))  # (B, m, n), m ≥ n
-    ev = torch.linalg.eigvalsh(B.mH @ B)  # (B, n) ascending, real
+    B = _tall(_dft_blocks(kernel / s, size, stride)).contiguous()  # (B, m, n), m ≥ n; contiguous: fast bmm
+    G = B.mH @ B
+    with _batched_lapack(G):  # Note [shared CPU] in _dense.py
+        ev = torch.linalg.eigvalsh(G)  # (B, n) ascending, real
     return ev[..., -1].amax().clamp_min(0).sqrt() * s
 
 
@@ -154,39 +201,49 @@ def conv_gram_iteration(
     *,
     n_iter: int = 6,
     stride: int | tuple[int, int] = 1,
+    explicit_backward: bool = False,
 ) -> torch.Tensor:
-    """Certified upper bound on the spectral norm of a circular-padding convolution: Gram iteration on DFT
-    blocks.
+    """Certified upper bound on the spectral norm of a circular-padding convolution: Gram iteration on DFT blocks.
 
-    Batched :func:`~stabkit.norms.gram_iteration` on the ``rfft2`` blocks (each block rescaled on its own),
-    then
-    the max. Upper bound at every ``n_iter``, non-increasing, within a factor ``min(c_in, c_out)^(2^-(T+1))``
-    of the exact value. For a zero-padding layer with ``pad`` zeros per side, use ``input_size = n + 2·pad``:
-    the zero-padded convolution is a sub-block of that circular one, so this is still an upper bound.
+    Batched :func:`~stabkit.norms.gram_iteration` on the half-spectrum DFT blocks (each block rescaled on its
+    own), then the max. Upper bound at every ``n_iter``, float32 included (the blocks come from a direct DFT whose
+    rounding is bounded, and the Gram steps carry the margin of Note [certified rounding] in ``_dense.py``),
+    non-increasing, within a factor ``min(c_in, c_out)^(2^-(T+1))`` of the exact value. For a zero-padding layer
+    with ``pad`` zeros per side, use ``input_size = n + 2·pad``: the zero-padded convolution is a sub-block of that
+    circular one, so this is still an upper bound.
 
     Args:
         kernel: real kernel (c_out, c_in, kh, kw).
         input_size: spatial size n or (h, w) of the input.
         n_iter: number of Gram iterations (4–7 is typical; ≥ 0).
         stride: stride of the convolution; must divide the input size (Note [strides] in this module).
+        explicit_backward: use the closed-form gradient of the Gram iteration on the blocks instead of autograd
+            through the loop (same values; saves the memory of the loop's graph).
 
     Returns:
-        Upper bound on σ1, a 0-dim tensor; differentiable w.r.t. the kernel.
+        Upper bound on σ1, a 0-dim tensor; differentiable w.r.t. the kernel (gradient 0 at the zero kernel).
 
     Raises:
-        ValueError: bad kernel shape/dtype, NaN/inf, non-positive size or ``n_iter``, stride not dividing
-        the size.
+        ValueError: bad kernel shape/dtype, empty or NaN/inf kernel, non-positive size or ``n_iter``, stride not
+            dividing the size.
 
     References:
-        Delattre, Barthélemy, Araujo, Allauzen, ICML 2023 (arXiv 2305.16173); thesis chapter 3.
+        Delattre, Barthélemy, Araujo, Allauzen, ICML 2023 (arXiv:2305.16173), Algorithm 2; Sedghi, Gupta, Long,
+        ICLR 2019 (arXiv:1805.10408) for the DFT blocks; thesis (arXiv:2510.25282), chapter 3.
     """
     kernel = _check_kernel(kernel)
     size = _pair("input_size", input_size)
     n_iter = check_positive_int("n_iter", n_iter, minimum=0)
     stride = _check_stride(stride, size)
-    s = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)
-    *_, (t, G, logc) = _gram_steps(_tall(_dft_blocks(kernel / s, size, stride)), n_iter)
-    return _upper_from(G, logc, t).amax() * s
+    s = kernel.detach().abs().amax()
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    blocks, err = _dft_blocks_certified(kernel / s, size, stride)
+    blocks = _tall(blocks)
+    if explicit_backward:
+        up = _GramIterationExplicit.apply(blocks, n_iter, err, False)
+    else:
+        up = _gram_upper64(blocks, n_iter, err)
+    return _round_up(up.amax() * s.to(torch.float64), kernel.dtype)
 
 
 def conv_gram_iteration_bounds(
@@ -200,7 +257,8 @@ def conv_gram_iteration_bounds(
     """Certified interval on the circular-convolution spectral norm; stops when the relative gap is ≤ ``tol``.
 
     Upper end: :func:`conv_gram_iteration`. Lower end: the max over DFT blocks of the block lower bounds of
-    :func:`~stabkit.norms.gram_iteration_bounds` (each is ≤ its block's σ1 ≤ the convolution's σ1).
+    :func:`~stabkit.norms.gram_iteration_bounds` (each is ≤ its block's σ1 ≤ the convolution's σ1), less the
+    rounding error of the blocks.
 
     Args:
         kernel: real kernel (c_out, c_in, kh, kw).
@@ -216,7 +274,8 @@ def conv_gram_iteration_bounds(
         ValueError: as :func:`conv_gram_iteration`, or bad ``tol``.
 
     References:
-        Delattre et al., ICML 2023 (arXiv 2305.16173); thesis chapter 3. The lower end is ours.
+        Delattre et al., ICML 2023 (arXiv:2305.16173); thesis (arXiv:2510.25282), chapter 3. The lower end is
+        ours.
     """
     kernel = _check_kernel(kernel)
     size = _pair("input_size", input_size)
@@ -224,9 +283,10 @@ def conv_gram_iteration_bounds(
     if tol is not None:
         tol = check_positive_float("tol", tol)
     stride = _check_stride(stride, size)
-    s = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)
-    b = _bounds_loop(_tall(_dft_blocks(kernel / s, size, stride)), n_iter, tol, reduce_max=True)
-    return SpectralBounds(b.lower * s, b.upper * s, b.n_iter)
+    s = kernel.detach().abs().amax()
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    blocks, err = _dft_blocks_certified(kernel / s, size, stride)
+    return _bounds_loop(_tall(blocks), n_iter, tol, reduce_max=True, outer_scale=s.to(torch.float64), extra0=err)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,7 +368,7 @@ def conv_matrix(
         input_size: spatial size n or (h, w) of the input.
         padding: ``"zero"`` or ``"circular"``.
         pad: zeros per side for zero padding (int or (ph, pw)); default ``(k - 1) // 2``. Ignored for
-        circular.
+            circular padding.
         stride: stride of the convolution. For circular padding it must divide the input size.
 
     Returns:
@@ -344,10 +404,9 @@ def conv_power_iteration(
 ) -> torch.Tensor:
     """Power iteration with the convolution and its adjoint on an h×w input: a lower estimate of σ1.
 
-    Returns ``‖A v‖`` for a unit input v, which never exceeds σ1 (converges from below, linearly). The
-    adjoint is
-    written out (``conv_transpose2d`` and the transpose of the padding) for any kernel size, padding and
-    stride (peers hard-code padding 1, which is right only for 3×3 kernels).
+    Returns ``‖A v‖`` for a unit input v, which never exceeds σ1 up to rounding (converges from below,
+    linearly). The adjoint is written out (``conv_transpose2d`` and the transpose of the padding) for any kernel
+    size, padding and stride (peers hard-code padding 1, which is right only for 3×3 kernels).
 
     Args:
         kernel: real kernel (c_out, c_in, kh, kw).
@@ -355,7 +414,7 @@ def conv_power_iteration(
         padding: ``"zero"`` or ``"circular"``.
         pad: zeros per side for zero padding, default ``(k - 1) // 2``.
         stride: stride of the convolution.
-        n_iter: number of iterations (100 is the zero-padding reference of the thesis).
+        n_iter: number of iterations (100 is the zero-padding reference of the thesis, arXiv:2510.25282).
         generator: source of the random start; ``None`` = fresh generator seeded 0.
 
     Returns:
@@ -365,9 +424,9 @@ def conv_power_iteration(
         ValueError: bad arguments.
 
     References:
-        Ryu et al., "Plug-and-Play Methods Provably Converge with Properly Trained Denoisers", ICML 2019;
-        Farnia et
-        al. ICLR 2019; thesis chapter 3.
+        Ryu et al., "Plug-and-Play Methods Provably Converge with Properly Trained Denoisers", ICML 2019
+        (arXiv:1905.05406); Farnia, Zhang, Tse, "Generalizable Adversarial Training via Spectral
+        Normalization", ICLR 2019 (arXiv:1811.07457); thesis (arXiv:2510.25282), chapter 3.
     """
     kernel = _check_kernel(kernel)
     size = _pair("input_size", input_size)
@@ -390,11 +449,11 @@ def conv_lipgrid(kernel: torch.Tensor, *, n_samples: int = 50) -> torch.Tensor:
     """LipGrid: max of ‖K̂(ω)‖_F over an n_s×n_s frequency grid, corrected for the grid: an upper bound.
 
     Bounds ``sup_ω σ1(K̂(ω))`` (hence both zero and circular padding, any input size) by ``sup_ω ‖K̂(ω)‖_F``,
-    evaluated on ``n_samples`` equispaced frequencies per axis and multiplied by ``1 / (1 − (k − 1)/n_s)``
-    to cover
-    the frequencies between grid points (Araujo et al. 2021, Theorem on trigonometric polynomials; k = the
-    larger
-    kernel side). The Frobenius norm makes it loose for many channels.
+    evaluated on ``n_samples`` equispaced frequencies per axis and multiplied by ``1 / (1 − (k − 1)/n_s)`` to
+    cover the frequencies between grid points (Araujo et al. 2021, theorem on trigonometric polynomials; k = the
+    larger kernel side). The grid values come from a direct DFT whose rounding is bounded and added, and the
+    result is rounded up, so it is certified in float32 too. The Frobenius norm makes it loose for many
+    channels.
 
     Args:
         kernel: real kernel (c_out, c_in, kh, kw).
@@ -408,61 +467,68 @@ def conv_lipgrid(kernel: torch.Tensor, *, n_samples: int = 50) -> torch.Tensor:
 
     References:
         Araujo, Negrevergne, Chevaleyre, Atif, "On Lipschitz Regularization of Convolutional Layers using
-        Toeplitz
-        Matrix Theory", AAAI 2021; thesis chapter 3.
+        Toeplitz Matrix Theory", AAAI 2021 (arXiv:2006.08391); thesis (arXiv:2510.25282), chapter 3.
     """
     kernel = _check_kernel(kernel)
     n_samples = check_positive_int("n_samples", n_samples)
     k = max(kernel.shape[-2:])
     if n_samples <= k - 1:
         raise ValueError(f"n_samples must exceed k - 1 = {k - 1} for the grid correction, got {n_samples}")
-    if k == 1:
-        return torch.linalg.vector_norm(kernel)  # constant symbol: exact Frobenius norm
-    s = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)
-    # the symbol on the grid ω = 2πj/n_s is the n_s-point DFT of the (wrapped) kernel
-    Kf = torch.fft.fft2(_fold_kernel(kernel / s, (n_samples, n_samples)), s=(n_samples, n_samples))
-    fro = torch.linalg.vector_norm(Kf, dim=(0, 1))  # (n_s, n_s)
-    return fro.amax() * s / (1.0 - (k - 1) / n_samples)
+    if k == 1:  # constant symbol: exact Frobenius norm
+        return _round_up(_safe_fro64(kernel.reshape(1, -1)).reshape(()) * (1 + kernel.numel() * 2.0**-52), kernel.dtype)
+    s = kernel.detach().abs().amax()
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    # the symbol on the grid ω = 2πj/n_s (half-plane: real kernel), by the direct DFT whose rounding is bounded
+    blocks, err = _dft_blocks_certified(kernel / s, (n_samples, n_samples), (1, 1))
+    fro = _safe_fro64(blocks).amax() + err  # ‖K̂(ω)‖_F ≤ ‖computed‖_F + error, for every node
+    bound = fro * s.to(torch.float64) / (1.0 - (k - 1) / n_samples) * _F64_SLACK
+    return _round_up(bound, kernel.dtype)
 
 
 def conv_fantastic_four(
-    kernel: torch.Tensor, *, n_iter: int = 50, generator: torch.Generator | None = None
+    kernel: torch.Tensor, *, n_iter: int = 50, certified: bool = False, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """ "Fantastic Four" bound: √(kh·kw) · min of σ1 over four reshapes of the kernel.
+    """ "Fantastic Four": √(kh·kw) · min of σ1 over four reshapes of the kernel; an estimate unless ``certified``.
 
     The reshapes are (c_out·kh) × (c_in·kw), (c_out·kw) × (c_in·kh), c_out × (c_in·kh·kw) and
-    c_in × (c_out·kh·kw); each σ1 is estimated by ``n_iter`` power iterations as in the paper, so the
-    result is an
-    upper bound on the convolution's norm (zero or circular padding, any size) once those have converged
-    (power
-    iteration approaches σ1 from below). Loose by up to √(kh·kw).
+    c_in × (c_out·kh·kw). With exact σ1 the result bounds the convolution's norm from above (zero or circular
+    padding, any size; loose by up to √(kh·kw)). As in the paper, each σ1 is by default estimated by ``n_iter``
+    power iterations, which approach σ1 from *below*: the default result is an **estimate** that can fall below
+    the true norm (e.g. by 0.6 % for a 1×1 kernel with σ1/σ2 = 1.0007) and must not be used as a certificate.
+    ``certified=True`` replaces the power iterations by :func:`~stabkit.norms.spectral_norm_upper` (SVD with a
+    rounding slack, rounded up): a certified upper bound, what a network bound must use.
 
     Args:
         kernel: real kernel (c_out, c_in, kh, kw).
-        n_iter: power iterations per reshape.
+        n_iter: power iterations per reshape (ignored when ``certified``).
+        certified: use certified SVD bounds of the reshapes instead of power iteration.
         generator: source of the random starts; ``None`` = fresh generator seeded 0.
 
     Returns:
-        The bound, a 0-dim tensor.
+        The estimate (or bound), a 0-dim tensor.
 
     Raises:
         ValueError: bad kernel or ``n_iter``.
 
     References:
         Singla, Feizi, "Fantastic Four: Differentiable Bounds on Singular Values of Convolution Layers",
-        ICLR 2021;
-        thesis chapter 3.
+        ICLR 2021 (arXiv:1911.10258), Theorem 1; thesis (arXiv:2510.25282), chapter 3.
     """
+    from stabkit.norms._grid import spectral_norm_upper
+
     kernel = _check_kernel(kernel)
     n_iter = check_positive_int("n_iter", n_iter)
     c_out, c_in, kh, kw = kernel.shape
-    g = resolve_generator(generator, kernel.device)
     mats = [
         kernel.transpose(1, 2).reshape(c_out * kh, c_in * kw),
         kernel.permute(0, 3, 1, 2).reshape(c_out * kw, c_in * kh),
         kernel.reshape(c_out, c_in * kh * kw),
         kernel.transpose(0, 1).reshape(c_in, c_out * kh * kw),
     ]
+    if certified:
+        sig = torch.stack([spectral_norm_upper(m).to(torch.float64) for m in mats])
+        return _round_up(math.sqrt(kh * kw) * sig.amin() * _F64_SLACK, kernel.dtype)
+    g = resolve_generator(generator, kernel.device)
     sig = torch.stack([power_iteration(m, n_iter=n_iter, generator=g) for m in mats])
     return math.sqrt(kh * kw) * sig.amin()
 
@@ -481,72 +547,90 @@ def _next_fast_len(n: int) -> int:
         m += 1
 
 
+def _self_correlation(M: torch.Tensor) -> tuple[torch.Tensor, int, str]:
+    """``G[i, j, τ] = Σ_(l, x) M[i, l, x + τ] M[j, l, x]`` for all lags, by the cheaper formulation.
+
+    M is (c, c', h, w) with its lags centred; G is (c, c, 2h − 1, 2w − 1), centred. Spatial self-convolution
+    (``conv2d(M, M)``) costs ``2 c² c' (h w)(2h − 1)(2w − 1)`` flops; the frequency domain costs one rfft2, a
+    batched complex c×c' product on ``n_h (n_w/2 + 1)`` frequencies (8 c² c' flops each) and one irfft2, on the
+    smallest FFT-friendly grid ≥ 2h − 1 (no aliasing: the lags are exact). The spatial form wins while the iterate
+    is small (first steps, small kernels), the frequency form after. Returns ``(G, N, how)``: the grid size that
+    enters the rounding bound and the formulation used.
+    """
+    c, cp, h, w = M.shape
+    H, W = 2 * h - 1, 2 * w - 1
+    nh, nw = _next_fast_len(H), _next_fast_len(W)
+    spatial = 2.0 * c * c * cp * h * w * H * W
+    logn = math.log2(nh * nw)
+    freq = 8.0 * c * c * cp * nh * (nw // 2 + 1) + 5.0 * (c * cp + c * c) * nh * nw * logn
+    if spatial <= freq:
+        return F.conv2d(M, M, padding=(h - 1, w - 1)), H * W, "spatial"
+    Mc = M.permute(2, 3, 0, 1).contiguous()  # (h, w, c, c'): frequency blocks contiguous for the batched GEMM
+    Mf = torch.fft.rfft2(Mc, s=(nh, nw), dim=(0, 1))  # (nh, nw//2+1, c, c')
+    G = torch.fft.irfft2(Mf @ Mf.mH, s=(nh, nw), dim=(0, 1))  # (nh, nw, c, c), lag τ at index τ mod n
+    G = torch.roll(G, shifts=(h - 1, w - 1), dims=(0, 1))[:H, :W]  # lags −(h−1)…h−1
+    return G.permute(2, 3, 0, 1).contiguous(), nh * nw, "frequency"
+
+
 def kernel_gram_iteration(kernel: torch.Tensor, *, n_iter: int = 6) -> torch.Tensor:
-    """Certified upper bound on the spectral norm of a convolution with zero (or circular) padding, any
-    input size.
+    """Certified upper bound on the spectral norm of a convolution with zero (or circular) padding, any input size.
 
     The Gram operator of a convolution is a convolution with the self-correlated kernel (support 2s − 1); T
-    iterations give the kernel M_T of ``(K̂K̂ᴴ)^(2^(T−1))`` and the bound ``max_i (Σ_{j,u,v}
-    |M_T[i,j,u,v]|)^(2^−T)``
-    ≥ sup_ω σ1(K̂(ω)) ≥ σ1 of the layer for every input size and both paddings. It converges to sup_ω
-    σ1(K̂(ω)).
+    iterations give the kernel M_T of ``(K̂K̂ᴴ)^(2^(T−1))`` and the bound ``max_i (Σ_(j,u,v) |M_T[i,j,u,v]|)^(2^−T)``
+    ≥ sup_ω σ1(K̂(ω)) ≥ σ1 of the layer for every input size and both paddings. It converges to sup_ω σ1(K̂(ω)).
 
     Cost. Self-convolving in the spatial domain costs (c·s_t²)² per step with s_t = 2^t(k−1)+1, which explodes
-    with T. We square in the frequency domain instead, on a grid that just covers the support of the next
-    iterate (so no aliasing, the spatial kernels are exact): each step is one rfft2, a batched c×c matrix
-    product
-    on ~s_t²/2 frequencies and one irfft2, and the total cost is dominated by the last step. The iterates are
-    rescaled by their Frobenius norm and the log-scale carried (as in :func:`~stabkit.norms.gram_iteration`).
-    Measured on the shared 2-core CPU (1 thread, under load): 64×64×3×3, T = 3/4/5/6 in 0.09/0.57/2.7/12 s,
-    against 0.41/5.3 s for T = 3/4 by spatial self-convolution in the same run (issue 6 reports 29 s and ~280 s
-    for T = 5/6 there); ``benchmarks/bench_norms.py`` prints the table.
+    with T; squaring in the frequency domain costs one FFT pair and a batched c×c product on ~s_t²/2 frequencies.
+    Each step takes whichever is cheaper by a flop count (spatial while the iterate is small, frequency after),
+    so the total cost is dominated by the last step. The iterates are rescaled by their Frobenius norm and the
+    log-scale carried (as in :func:`~stabkit.norms.gram_iteration`).
+
+    Rounding. The a-priori error bound of an FFT-based product grows with the grid, which makes it useless in
+    float32, so the iterates are computed in float64 whatever the kernel's dtype; the margin of Note [certified
+    rounding] in ``_dense.py`` (with the FFT error ``3η log2 N + γ_c`` per step, η = 8u) is added and the result
+    rounded up to the kernel's dtype. For float32 kernels this costs about twice the float32 arithmetic.
 
     Args:
         kernel: real kernel (c_out, c_in, kh, kw).
         n_iter: number of Gram iterations T (≥ 1).
 
     Returns:
-        Upper bound, a 0-dim tensor; differentiable w.r.t. the kernel.
+        Upper bound, a 0-dim tensor in the kernel's dtype; differentiable w.r.t. the kernel (gradient 0 at the
+        zero kernel).
 
     Raises:
-        ValueError: bad kernel or ``n_iter``.
+        ValueError: bad kernel (shape, dtype, empty, NaN/inf) or ``n_iter``.
 
     References:
-        Delattre, Barthélemy, Allauzen, "Spectral Norm of Convolutional Layers with Circular and Zero
-        Paddings",
-        arXiv 2402.00240; thesis chapter 3b.
+        Delattre, Barthélemy, Allauzen, "Spectral Norm of Convolutional Layers with Circular and Zero Paddings",
+        arXiv:2402.00240, Theorem 2; thesis (arXiv:2510.25282), chapter 3.
     """
     kernel = _check_kernel(kernel)
     n_iter = check_positive_int("n_iter", n_iter)
+    dtype = kernel.dtype
     if kernel.shape[1] > kernel.shape[0]:
         kernel = kernel.transpose(0, 1)  # c_in ≤ c_out, as in the paper (the Gram below is c_out × c_out)
-    s0 = kernel.detach().abs().amax().clamp_min(torch.finfo(kernel.dtype).tiny)
-    # Channels last, (kh, kw, c, c'): the FFTs run over dims (0, 1) and the frequency blocks are contiguous for
-    # the batched GEMM (~50× slower on strided views). Each iterate stays "wrapped" on its grid (lag τ at index
-    # τ mod n) and is copied, corner by corner, into the zero grid of the next step: no crop, no roll.
-    M = (kernel / s0).permute(2, 3, 0, 1).contiguous()  # lags 0…k−1 (a shift does not change the Gram)
-    r = torch.linalg.vector_norm(M.detach()).clamp_min(torch.finfo(M.dtype).tiny)
-    M = M / r
-    logc = 2.0 * (torch.log(s0) + torch.log(r))
-    lh, lw = M.shape[0] - 1, M.shape[1] - 1  # the next iterate has lags −l…l
-    nh, nw = _next_fast_len(2 * lh + 1), _next_fast_len(2 * lw + 1)
-    Mf = torch.fft.rfft2(M, s=(nh, nw), dim=(0, 1))  # (nh, nw//2+1, c, c')
-    for t in range(1, n_iter + 1):
-        Gf = Mf @ Mf.mH  # (nh, nw//2+1, c, c): symbol of the self-correlation M ⋆ M
-        G = torch.fft.irfft2(Gf, s=(nh, nw), dim=(0, 1))  # (nh, nw, c, c), lags −l…l wrapped
-        if t == n_iter:
-            break
-        r = torch.linalg.vector_norm(G.detach()).clamp_min(torch.finfo(G.dtype).tiny)
-        logc = 2.0 * (logc + torch.log(r))
-        nh2, nw2 = _next_fast_len(4 * lh + 1), _next_fast_len(4 * lw + 1)
-        M = G.new_zeros(nh2, nw2, *G.shape[2:])
-        for src_h, dst_h in ((slice(0, lh + 1), slice(0, lh + 1)), (slice(nh - lh, nh), slice(nh2 - lh, nh2))):
-            for src_w, dst_w in ((slice(0, lw + 1), slice(0, lw + 1)), (slice(nw - lw, nw), slice(nw2 - lw, nw2))):
-                M[dst_h, dst_w] = G[src_h, src_w] / r
-        lh, lw, nh, nw = 2 * lh, 2 * lw, nh2, nw2
-        Mf = torch.fft.rfft2(M, dim=(0, 1))
-    # Row sums over the whole grid: outside the support the entries are rounding noise, which can only raise
-    # the (still certified) bound, by a relative amount of the order of the dtype's epsilon.
-    rows = G.abs().sum(dim=(0, 1, 3))  # (c,) row sums of the Gram kernel
-    p = 0.5**n_iter
-    return (rows.pow(p) * torch.exp(logc * p)).amax()
+    k64 = kernel.to(torch.float64)
+    s0 = k64.detach().abs().amax()
+    s0 = torch.where(s0 > 0, s0, torch.ones_like(s0))
+    M = k64 / s0
+    M0_taps = kernel.shape[-2] * kernel.shape[-1]
+    u = 2.0**-53
+    eta = 8.0 * u
+    records = []  # (f, r, N, c') of each step, for the rounding recursion
+    for _t in range(1, n_iter + 1):
+        f = torch.linalg.vector_norm(M.detach())
+        r = torch.where(f > 0, f, torch.ones_like(f))
+        G, N, _how = _self_correlation(M / r)
+        records.append((f, r, N, M.shape[1]))
+        M = G
+    rows = M.abs().sum(dim=(1, 2, 3))  # (c,) row sums of the Gram kernel: the Schur test on its symbol
+    V = rows.amax() * (1.0 + 4.0 * M[0].numel() * u)
+    # Note [certified rounding]: V_(t−1) = r (sqrt(V_t + 2ε_t) + u √N b), ε_t = (3η log2 N + γ_c') N b²
+    for f, r, N, cp in reversed(records):
+        b = (1.0 + u) * f / r
+        eps = (3.0 * eta * (math.log2(N) + 1.0) + _gamma(cp * N, u, False)) * N * b * b
+        V = r * (_safe_sqrt(V + 2.0 * eps) + u * math.sqrt(N) * b)
+    # V bounds sup σ1 of the symbol of the float64 kernel k64 / s0, whose division rounded each tap by ≤ u
+    V = V + u * math.sqrt(M0_taps) * records[0][0]
+    return _round_up(V * s0 * _F64_SLACK, dtype)
