@@ -34,6 +34,7 @@ from stabkit.certify._smoothing import SmoothingLog as SmoothingLog
 from stabkit.certify._smoothing import certify_from_log as certify_from_log
 from stabkit.certify._smoothing import gaussian_augment as gaussian_augment
 from stabkit.certify._smoothing import load_log as load_log
+from stabkit.certify._smoothing import merge_logs as merge_logs
 from stabkit.certify._smoothing import save_log as save_log
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "load_log",
     "lvm_certify",
     "lvm_map_radii",
+    "merge_logs",
     "save_log",
     "simplex_maps",
     "sparsemax",

@@ -28,12 +28,12 @@ from stabkit.norms._dense import (
     SpectralBounds,
     _batched_lapack,
     _bounds_loop,
+    _check_kernel,
     _f64,
     _fro,
     _gamma,
     _gram_upper64,
     _GramIterationExplicit,
-    _prepare,
     _round_up,
     _safe_fro64,
     _safe_sqrt,
@@ -41,6 +41,7 @@ from stabkit.norms._dense import (
     _unit_roundoff,
     power_iteration,
 )
+from stabkit.norms._grid import spectral_norm_upper
 
 __all__ = [
     "conv_fantastic_four",
@@ -55,15 +56,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------------
-def _check_kernel(kernel: object, *, real: bool = True) -> torch.Tensor:
-    kernel = _prepare("kernel", kernel, min_ndim=4)
-    if kernel.ndim != 4:
-        raise ValueError(f"kernel must have shape (c_out, c_in, kh, kw), got shape {tuple(kernel.shape)}")
-    if real and kernel.is_complex():
-        raise ValueError("kernel must be real for convolution norms (complex kernels are not supported)")
-    return kernel
-
-
 def _pair(name: str, value: object) -> tuple[int, int]:
     if isinstance(value, int | bool) and not isinstance(value, bool):
         value = (value, value)
@@ -514,8 +506,6 @@ def conv_fantastic_four(
         Singla, Feizi, "Fantastic Four: Differentiable Bounds on Singular Values of Convolution Layers",
         ICLR 2021 (arXiv:1911.10258), Theorem 1; thesis (arXiv:2510.25282), chapter 3.
     """
-    from stabkit.norms._grid import spectral_norm_upper
-
     kernel = _check_kernel(kernel)
     n_iter = check_positive_int("n_iter", n_iter)
     c_out, c_in, kh, kw = kernel.shape

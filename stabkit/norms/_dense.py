@@ -505,3 +505,13 @@ def spectral_norm_exact(W: torch.Tensor) -> torch.Tensor:
     with _batched_lapack(W):
         sigma = torch.linalg.matrix_norm(W / s, 2)
     return sigma * s.squeeze(-1).squeeze(-1)
+
+
+def _check_kernel(kernel: object, *, real: bool = True) -> torch.Tensor:
+    """A real (by default) convolution kernel of shape (c_out, c_in, kh, kw), validated like every weight."""
+    kernel = _prepare("kernel", kernel, min_ndim=4)
+    if kernel.ndim != 4:
+        raise ValueError(f"kernel must have shape (c_out, c_in, kh, kw), got shape {tuple(kernel.shape)}")
+    if real and kernel.is_complex():
+        raise ValueError("kernel must be real for convolution norms (complex kernels are not supported)")
+    return kernel

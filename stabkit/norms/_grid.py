@@ -28,15 +28,15 @@ import math
 import torch
 
 from stabkit._checks import check_positive_int
+from stabkit.norms._dense import _batched_lapack, _check_kernel, _f64, _max_abs_scale, _prepare
+from stabkit.norms._dense import _round_up as _dense_round_up
 
 _SVD_SLACK = 1.0 + 1e-9  # covers float64 SVD / eigvalsh rounding (error ≤ n·u·σ1 ≈ 1e−13 σ1)
 
 
 def _round_up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Cast a float64 upper bound to (the real part of) ``dtype`` without rounding it down."""
-    from stabkit.norms._dense import _round_up as round_up
-
-    return round_up(x, dtype)
+    return _dense_round_up(x, dtype)
 
 
 def spectral_norm_upper(W: torch.Tensor) -> torch.Tensor:
@@ -58,7 +58,6 @@ def spectral_norm_upper(W: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: W is not 2-D, is empty, has NaN/inf, or has an integer/bool dtype.
     """
-    from stabkit.norms._dense import _f64, _max_abs_scale, _prepare
 
     W = _prepare("W", W)
     if W.ndim != 2:
@@ -85,7 +84,6 @@ def _block_norms(kernel: torch.Tensor, omegas: torch.Tensor) -> torch.Tensor:
         khat = khat.mH  # the smaller Gram has the same top eigenvalue
     khat = khat.contiguous()
     gram = khat.mH @ khat  # (F, c, c) Hermitian PSD
-    from stabkit.norms._dense import _batched_lapack
 
     with _batched_lapack(gram):  # Note [shared CPU] in _dense.py
         return torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0.0).sqrt()
@@ -119,8 +117,6 @@ def conv_grid_bound(kernel: torch.Tensor, *, n_samples: int = 32, refine: int = 
         Bernstein's inequality for trigonometric polynomials; the grid argument follows Araujo et al., AAAI 2021
         (arXiv:2006.08391), with σ1 instead of the Frobenius norm; thesis (arXiv:2510.25282), chapter 3.
     """
-    from stabkit.norms._conv import _check_kernel
-
     kernel = _check_kernel(kernel)
     check_positive_int("n_samples", n_samples)
     check_positive_int("refine", refine, minimum=0)
