@@ -214,7 +214,7 @@ def _conv_bound(
         if mode != "zeros":
             mult = _pad_norm(size[0], *padding[:2], mode) * _pad_norm(size[1], *padding[2:], mode)
         if method == "grid":
-            one = [conv_grid_bound(K, n_eval=max(32, 4 * max(kh, kw))) for K in kernels]
+            one = [conv_grid_bound(K, n_samples=max(32, 4 * max(kh, kw))) for K in kernels]
         elif method == "lipgrid":
             one = [conv_lipgrid(K) for K in kernels]
         else:

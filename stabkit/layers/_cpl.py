@@ -247,7 +247,7 @@ class CPLConv2d(_CPLBase):
         self.n_grid = check_positive_int("n_grid", n_grid, minimum=max(self.kernel_size))
         self.n_eval = check_positive_int("n_eval", n_eval, minimum=2 * max(self.kernel_size))
         try:  # reject now what the eval bound would reject at certification time (its own check, on a tiny kernel)
-            conv_grid_bound(torch.ones(1, 1, *self.kernel_size), n_eval=self.n_eval)
+            conv_grid_bound(torch.ones(1, 1, *self.kernel_size), n_samples=self.n_eval)
         except ValueError as err:
             raise ValueError(f"n_eval={n_eval} cannot be used by the certified eval bound: {err}") from None
         kw = {"device": device, "dtype": dtype}
