@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from stabkit.certify import TEMPERATURES, Smooth
+from stabkit.certify.smoothing import TEMPERATURES, Smooth
 
 SIGMA = 0.5
 NUM_CLASSES = 10

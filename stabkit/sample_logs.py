@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     """Run the command line; returns the path of the merged log."""
     from stabkit import data
-    from stabkit.certify import TEMPERATURES, Smooth, save_log
-    from stabkit.certify._smoothing import _root_seed, load_log, merge_logs
+    from stabkit.certify._smoothing import _root_seed
+    from stabkit.certify.smoothing import TEMPERATURES, Smooth, load_log, merge_logs, save_log
     from stabkit.train_net import derived_generator, load_trained
 
     args = parse_args(argv)

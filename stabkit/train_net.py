@@ -125,7 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     """Run the command line; returns the path of ``model.pt``."""
     from stabkit import data
-    from stabkit.certify import gaussian_augment
+    from stabkit.certify.smoothing import gaussian_augment
     from stabkit.train import accuracy, fit, triangular_lr
 
     args = parse_args(argv)
