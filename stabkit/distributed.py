@@ -8,6 +8,7 @@ one process and :func:`world` is ``(0, 1)``.
 
 from __future__ import annotations
 
+import argparse
 import os
 from typing import NamedTuple
 
@@ -69,6 +70,25 @@ def init_from_env(device: torch.device | str = "cpu") -> World:
     backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
     return world()
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options every torchrun-launchable command shares (read back by :func:`launch`).
+
+    They are ``--seed``, ``--device``, ``--threads`` and ``--no-progress``.
+    """
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="cpu, cuda (cuda:LOCAL_RANK under torchrun) or auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def launch(args: argparse.Namespace) -> tuple[torch.device, World]:
+    """Apply ``--threads``, take this rank's device from ``--device`` and join the process group (if any)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = local_device(args.device)
+    return device, init_from_env(device)
 
 
 def barrier() -> None:

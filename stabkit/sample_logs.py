@@ -19,7 +19,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from stabkit import distributed
 
@@ -53,10 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=10, help="points per part file (the unit of resumption)")
     parser.add_argument("--batch-size", type=int, default=10_000, help="rows per forward pass")
     parser.add_argument("--lvm", action="store_true", help="record LVM-RS statistics (published temperatures)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="cpu, cuda (cuda:LOCAL_RANK under torchrun) or auto")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
+    distributed.add_launch_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -68,16 +64,13 @@ def main(argv: list[str] | None = None) -> Path:
     from stabkit.train_net import derived_generator, load_trained
 
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = Path(args.out)
     if out.suffix != ".npz":
         raise ValueError(f"--out must name a .npz file, got {out.name!r}")
     for name in ("every", "chunk", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    device = distributed.local_device(args.device)
-    rank, size = distributed.init_from_env(device)
+    device, (rank, size) = distributed.launch(args)
     net, config = load_trained(args.model, device)
     ds = data.load(
         args.dataset or config["dataset"],

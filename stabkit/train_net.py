@@ -114,11 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loss", choices=LOSSES, default="offset-ce")
     parser.add_argument("--logit-scale", type=float, default=1.0, help="temperature of --loss ce")
     parser.add_argument("--sigma", type=float, default=0.0, help="Gaussian augmentation σ (0: none)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="cpu, cuda (cuda:LOCAL_RANK under torchrun) or auto")
     parser.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--no-progress", action="store_true")
+    distributed.add_launch_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -129,10 +126,7 @@ def main(argv: list[str] | None = None) -> Path:
     from stabkit.train import accuracy, fit, triangular_lr
 
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = distributed.local_device(args.device)
-    rank, size = distributed.init_from_env(device)
+    device, (rank, size) = distributed.launch(args)
     out = Path(args.out)
     ds = data.load(
         args.dataset,
