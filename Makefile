@@ -28,8 +28,8 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 help:
 	@echo "make install     create $(VENV) and install the project (TORCH_SPEC=$(TORCH_SPEC), TORCH_INDEX=$(TORCH_INDEX))"
-	@echo "make reproduce [SCALE=ci|full] [DEVICE=cpu|cuda] [ONLY='id ...'] [PROGRESS=1]  regenerate figures/<scale>/"
-	@echo "make check [SCALE=ci]  rerun into build/<scale>/check/ and compare with figures/<scale>/ (manifest tolerances)"
+	@echo "make reproduce [SCALE=ci|cpu|full] [DEVICE=cpu|cuda] [ONLY='id ...'] [PROGRESS=1]  regenerate figures/<scale>/"
+	@echo "make check [SCALE=ci|cpu]  rerun into build/<scale>/check/ and compare with figures/<scale>/ (manifest tolerances)"
 	@echo "make report [SCALE=ci] rewrite figures/<scale>/REPORT.md from the stored outputs"
 	@echo "make test        lint, unit tests, notebooks under nbval, then the tolerance check (what CI runs)"
 	@echo "make lint        ruff check + ruff format --check"

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from stabkit.support import SCALES, load_manifest, reference_dir, repo_root
+from stabkit.support import SCALE_DATASETS, SCALES, load_manifest, reference_dir, repo_root
 
 # papermill adds these; they change every run and would make the stored notebooks noisy.
 _VOLATILE_METADATA = ("papermill", "execution")
@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="print how far the outputs in the DIRs (and the references) differ, with suggested tolerances",
     )
+    parser.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="write the outputs and REPORT.md into DIR instead of the references figures/<scale>/ "
+        "(e.g. figures/gpu for a GPU run of the full scale; relative to the repository root)",
+    )
     parser.add_argument("--report", action="store_true", help="only rewrite figures/<scale>/REPORT.md")
     args = parser.parse_args(argv)
     try:  # SIGTERM unwinds like Ctrl-C, so temporary folders are removed (only possible in the main thread)
@@ -110,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path.relative_to(repo_root())}")
             return 0
         extra = dict(_parse_param(p) for p in args.param)
+        output_dir = None
+        if args.output_dir:
+            if args.check or args.store_outputs:
+                raise ReproductionError(
+                    "--output-dir writes a new run: it goes with neither --check nor --store-outputs"
+                )
+            output_dir = Path(args.output_dir)
+            output_dir = output_dir if output_dir.is_absolute() else repo_root() / output_dir
         if args.check:
             if extra or args.seed != 0 or args.store_outputs:
                 raise ReproductionError("--check compares with the references: use it with default parameters only")
@@ -130,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             data_root=args.data_root,
             extra=extra,
             store_outputs=args.store_outputs,
+            dest=output_dir,
             progress=args.progress,
         )
-        path = write_report(args.scale)
+        path = write_report(args.scale, output_dir)
         print(f"report: {path.relative_to(repo_root())}", file=sys.stderr)
     except ReproductionError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -153,7 +168,7 @@ def _terminate(signum, frame):
 
 def manifest_table() -> str:
     """The manifest as a text table."""
-    rows = [("id", "ch", "notebook", "outputs", "ci", "full", "GPU", "published")]
+    rows = [("id", "ch", "notebook", "outputs", "ci", "cpu", "full", "GPU", "published")]
     for e in _chapter_order(load_manifest()):
         rows.append(
             (
@@ -162,6 +177,7 @@ def manifest_table() -> str:
                 e.notebook,
                 ", ".join(e.outputs),
                 e.runtime["ci"],
+                e.runtime["cpu"],
                 e.runtime["full"],
                 "yes" if e.full_needs_gpu else "no",
                 (e.published or "")[:40],
@@ -173,13 +189,13 @@ def manifest_table() -> str:
 def manifest_markdown() -> str:
     """The manifest as the Markdown table of the README (a test keeps the README in sync)."""
     lines = [
-        "| id | ch | notebook | what | ci | full | GPU for full | timed | published |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| id | ch | notebook | what | ci | cpu | full | GPU for full | timed | published |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in _chapter_order(load_manifest()):
         gpu = "yes" if e.full_needs_gpu else "no"
         timed = "yes" if e.timed else ""
-        row = [f"`{e.id}`", e.chapter, f"`{e.notebook}`", e.title, e.runtime["ci"], e.runtime["full"], gpu, timed]
+        row = [f"`{e.id}`", e.chapter, f"`{e.notebook}`", e.title, *(e.runtime[s] for s in SCALES), gpu, timed]
         lines.append(_md_row([*row, e.published or ""]))
     return "\n".join(lines)
 
@@ -273,8 +289,11 @@ def _run(pm, notebooks, manifest, scale, seed, device, data_root, extra, downloa
                 )
             for k in undeclared:  # a standard parameter the notebook does not use
                 params.pop(k)
-        if "dataset" in params:
-            _ensure_data(nb, params["dataset"], root / params.get("data_root", data_root), download, scale, root)
+        if "dataset" in declared:
+            dataset = params.get("dataset", declared["dataset"]["default"])
+            dataset = SCALE_DATASETS.get(scale) if dataset in ("None", None) else dataset.strip("\"'")
+            if dataset is not None:  # at full, dataset=None is the notebook preset's, which downloads itself
+                _ensure_data(nb, dataset, root / params.get("data_root", data_root), download, scale, root)
         executed = build / f"{nb}.ipynb"
         print(f"[{i}/{len(notebooks)}] {nb} ({scale}) ...", file=sys.stderr, flush=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{nb}-", dir=root / "build"))
@@ -330,13 +349,13 @@ def _run(pm, notebooks, manifest, scale, seed, device, data_root, extra, downloa
 
 def _ensure_data(nb: str, dataset: str, data_root: Path, download: bool, scale: str, root: Path) -> None:
     """Fetch the data set first when asked (progress bar, hash checks), or stop before the run when its files are
-    missing and the notebook would not download them (below the full scale, presets do not)."""
+    missing and the notebook would not download them (ci presets do not; cpu fetches the 2 MB MNIST test set)."""
     from stabkit import data
 
     missing = data.missing_files(dataset, data_root) if dataset in data.DATASETS else []
     if not missing:
         return
-    if download:
+    if download or scale == "cpu":
         try:
             data.fetch([dataset], root=data_root)
         except (ValueError, FileNotFoundError) as exc:
@@ -403,21 +422,23 @@ def results_table(results: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ report
-def write_report(scale: str) -> Path:
-    """Write ``figures/<scale>/REPORT.md`` from the reference outputs and claims of that scale; return its path."""
-    ref = reference_dir(scale)
+def write_report(scale: str, folder: Path | None = None) -> Path:
+    """Write ``REPORT.md`` from the outputs and claims of ``scale`` in ``folder`` (default: the references
+    ``figures/<scale>/``); return its path."""
+    ref = reference_dir(scale) if folder is None else Path(folder)
     ref.mkdir(parents=True, exist_ok=True)
     path = ref / "REPORT.md"
-    _atomic_text(path, report_markdown(scale))
+    _atomic_text(path, report_markdown(scale, ref))
     return path
 
 
-def report_markdown(scale: str) -> str:
-    """The results report of ``scale``: per chapter and manifest entry, the figure, its caption, the claims
-    (published vs ours, with the verdict) and the provenance line of its notebook."""
+def report_markdown(scale: str, folder: Path | None = None) -> str:
+    """The results report of ``scale`` (outputs read from ``folder``, default ``figures/<scale>/``): per chapter
+    and manifest entry, the figure, its caption, the claims (published vs ours, with the verdict) and the
+    provenance line of its notebook."""
     import pandas as pd
 
-    ref = reference_dir(scale)
+    ref = reference_dir(scale) if folder is None else Path(folder)
     manifest = load_manifest()
     claims: dict[str, pd.DataFrame] = {}
     provenance: dict[str, dict] = {}
@@ -444,6 +465,10 @@ def report_markdown(scale: str) -> str:
     if scale == "ci":
         lines += ["", "`ci` runs on 2 CPU cores with small offline data: the patterns compare with the papers, the "
                   "absolute numbers mostly do not (see the verdicts)."]  # fmt: skip
+    elif scale == "cpu":
+        lines += ["", "`cpu` runs on 2 CPU cores in under an hour, on the real 28×28 MNIST test images (split "
+                  "deterministically) and the synthetic sets, with several seeds: differences are judged against "
+                  "their intervals; the published numbers (CIFAR-10, GPU) are printed beside ours."]  # fmt: skip
     chapter = None
     for e in _chapter_order(manifest):
         if e.chapter != chapter:

@@ -42,7 +42,11 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-SCALES = ("ci", "full")
+SCALES = ("ci", "cpu", "full")
+# The image data set a notebook's ``dataset=None`` stands for, per scale (``full``: the preset's ``dataset`` key,
+# since the published data differ by chapter). ``cpu`` uses the real 28×28 MNIST test images (10 000, split by
+# ``stabkit.data.load``), which ``python -m stabkit.data fetch mnist-test`` downloads (2 MB, hash-checked).
+SCALE_DATASETS = {"ci": "digits", "cpu": "mnist-test"}
 VERDICTS = ("reproduced", "not significant at this scale", "contradicted", "not comparable")
 PROVENANCE_PACKAGES = ("numpy", "scipy", "matplotlib", "pandas", "papermill")
 PAGE_WIDTH_IN = 6.3  # text width of the thesis page (16 cm): figure sizes derive from it
@@ -473,6 +477,8 @@ class Context:
         self.seed: int = params["seed"]
         self.device = torch.device(params["device"])
         self.data_root = repo_root() / params["data_root"]
+        #: the image data set of this run (``dataset=None`` resolved to the scale's, see :data:`SCALE_DATASETS`)
+        self.dataset: str | None = params.get("dataset")
         self.preset = types.SimpleNamespace(**preset)
         self.progress: bool = bool(preset.get("progress", False)) or os.environ.get("STABKIT_PROGRESS") == "1"
         self._stems = stems
@@ -773,15 +779,18 @@ def setup(
         namespace: the notebook's ``globals()``. Every public name in it must be a declared parameter: papermill
             only warns about an unknown parameter and injects it anyway, so a typo (``sacle="full"``) would
             otherwise run the default silently.
-        presets: ``{"ci": {...}, "full": {...}}``; the chosen one becomes ``ctx.preset``. One key is applied
-            here: ``threads``, when present and positive, sets torch's intra-op thread count
-            (``torch.set_num_threads``; tiny models run fastest on one thread of a shared CPU); 0 or absent
-            leaves torch's default. It is a process-wide setting, so a notebook never sets it itself.
+        presets: ``{"ci": {...}, "cpu": {...}, "full": {...}}`` (every scale of :data:`SCALES`); the chosen one
+            becomes ``ctx.preset``. One key is applied here: ``threads``, when present and positive, sets
+            torch's intra-op thread count (``torch.set_num_threads``; tiny models run fastest on one thread of a
+            shared CPU); 0 or absent leaves torch's default. It is a process-wide setting, so a notebook never
+            sets it itself.
             ``progress`` (bool) becomes ``ctx.progress``: whether the notebook shows the library's progress bars
             (typically off at ci, on above). ``download`` (bool), the notebook's permission to fetch MNIST /
             CIFAR-10, is forced on by ``$STABKIT_DOWNLOAD=1`` (what ``reproduce -p download=true`` sets).
         scale, seed, device, data_root: the standard parameters.
-        **extra: the notebook's other parameters (``dataset`` is checked against :data:`stabkit.data.DATASETS`).
+        **extra: the notebook's other parameters. ``dataset`` is checked against :data:`stabkit.data.DATASETS`;
+            ``dataset=None`` means the scale's data set: the preset's ``dataset`` key, else
+            :data:`SCALE_DATASETS` (``ctx.dataset`` holds the resolved name).
 
     Raises:
         ValueError: an unknown parameter, an invalid value, or a notebook absent from the manifest.
@@ -826,6 +835,12 @@ def setup(
     for key in ("progress", "download"):
         if key in presets[scale] and not isinstance(presets[scale][key], bool):
             raise ValueError(f"preset key {key} must be True or False, got {presets[scale][key]!r}")
+    if "dataset" in extra and extra["dataset"] is None:
+        extra["dataset"] = params["dataset"] = presets[scale].get("dataset", SCALE_DATASETS.get(scale))
+        if extra["dataset"] is None:
+            raise ValueError(
+                f"dataset=None at scale {scale!r}: the {scale} preset must name its data set (key dataset)"
+            )
     if "dataset" in extra:
         from stabkit.data import DATASETS
 

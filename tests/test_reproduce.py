@@ -22,7 +22,7 @@ data_root = "data"  # data"""
 
 SETUP = """import pandas as pd
 from stabkit import support
-PRESETS = {"ci": {"n": 3}, "full": {"n": 4}}
+PRESETS = {"ci": {"n": 3}, "cpu": {"n": 3}, "full": {"n": 4}}
 ctx = support.setup("00_tiny", globals(), presets=PRESETS, scale=scale, seed=seed, device=device,
                     data_root=data_root)"""
 
@@ -41,7 +41,7 @@ def scratch(tmp_path, monkeypatch):
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "manifest.yaml").write_text(
         "entries:\n  tiny-table:\n    chapter: 0\n    notebook: 00_tiny\n    title: t\n    outputs: [tiny-table]\n"
-        "    runtime: {ci: 1 s, full: 1 s}\n    full_needs_gpu: false\n"
+        "    runtime: {ci: 1 s, cpu: 1 s, full: 1 s}\n    full_needs_gpu: false\n"
     )
     monkeypatch.setenv("STABKIT_ROOT", str(tmp_path))
     monkeypatch.delenv("STABKIT_FIGURES_DIR", raising=False)
@@ -64,6 +64,16 @@ def test_runs_moves_outputs_in_and_is_byte_stable(scratch, capsys):
     assert reproduce.main(["--scale", "full", "--seed", "7"]) == 0
     assert (scratch / "figures" / "full" / "tiny-table.csv").read_bytes() == b"n,seed\n4,7\n"
     assert (scratch / "figures" / "ci" / "tiny-table.csv").read_bytes() == first  # full never replaces ci
+
+
+def test_output_dir_takes_the_outputs_and_the_report(scratch, capsys):
+    write_notebook(scratch / "notebooks" / "00_tiny.ipynb", GOOD)
+    assert reproduce.main(["--scale", "full", "--output-dir", "figures/gpu"]) == 0
+    assert (scratch / "figures" / "gpu" / "tiny-table.csv").read_bytes() == b"n,seed\n4,0\n"
+    assert (scratch / "figures" / "gpu" / "REPORT.md").exists()
+    assert not (scratch / "figures" / "full").exists()
+    assert reproduce.main(["--check", "--output-dir", "x"]) == 1
+    assert "--output-dir writes a new run" in capsys.readouterr().err
 
 
 def test_a_failing_notebook_names_the_cell_and_keeps_old_outputs(scratch, capsys):
@@ -276,7 +286,7 @@ def test_markdown_table_escapes_pipes(monkeypatch):
     monkeypatch.setenv("STABKIT_ROOT", str(ROOT))
     for line in reproduce.manifest_markdown().splitlines():
         unescaped = line.replace("\\|", "").count("|")
-        assert unescaped == 10, line  # 9 columns
+        assert unescaped == 11, line  # 10 columns
 
 
 DATA_PARAMS = PARAMS + '\ndataset = "digits"  # data'
@@ -312,6 +322,9 @@ def test_missing_data_stops_before_the_run_and_download_true_fetches_first(scrat
     monkeypatch.setattr(data, "fetch", fake_fetch)
     assert reproduce.main(["-p", "dataset=mnist-test", "-p", "download=true"]) == 0
     assert fetched == [(("mnist-test",), scratch / "data")]
+    shutil.rmtree(scratch / "data")
+    assert reproduce.main(["--scale", "cpu", "-p", "dataset=mnist-test"]) == 0  # cpu fetches its 2 MB itself
+    assert fetched[-1] == (("mnist-test",), scratch / "data")
     # the notebook's preset key `download` is switched on for the run
     assert (scratch / "figures" / "ci" / "tiny-table.csv").read_text() == "download\nTrue\n"
     assert reproduce.main(["-p", "download=maybe"]) == 1

@@ -8,7 +8,7 @@ import torch
 from stabkit import support
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = {"ci": {"n": 1}, "full": {"n": 2}}
+PRESETS = {"ci": {"n": 1}, "cpu": {"n": 1}, "full": {"n": 2}}
 STD = dict(scale="ci", seed=0, device="cpu", data_root="data")
 
 
@@ -134,7 +134,10 @@ def test_manifest_is_valid_and_every_notebook_exists():
 
 
 def test_manifest_rejects_duplicate_stems_and_missing_fields(tmp_path):
-    base = "chapter: 1\n    notebook: nb\n    title: t\n    runtime: {ci: 1 s, full: 1 s}\n    full_needs_gpu: false"
+    base = (
+        "chapter: 1\n    notebook: nb\n    title: t\n    runtime: {ci: 1 s, cpu: 1 s, full: 1 s}\n"
+        "    full_needs_gpu: false"
+    )
     (tmp_path / "m.yaml").write_text(
         f"entries:\n  a:\n    {base}\n    outputs: [x]\n  b:\n    {base}\n    outputs: [x]\n"
     )
@@ -159,7 +162,7 @@ def _restore_threads():
 def test_setup_applies_the_threads_preset(_restore_threads):
     start = _restore_threads
     target = 2 if start == 1 else 1
-    presets = {"ci": {"threads": target}, "full": {"threads": 0}}
+    presets = {"ci": {"threads": target}, "cpu": {}, "full": {"threads": 0}}
     ctx = support.setup("01_sensitivity", presets=presets, **STD)
     assert torch.get_num_threads() == target and ctx.preset.threads == target
     # 0 (and an absent key) leave the current setting alone
@@ -171,7 +174,7 @@ def test_setup_applies_the_threads_preset(_restore_threads):
 
 @pytest.mark.parametrize("threads", [-1, 1.5, True, "2"])
 def test_setup_rejects_a_bad_threads_preset(threads, _restore_threads):
-    presets = {"ci": {"threads": threads}, "full": {}}
+    presets = {"ci": {"threads": threads}, "cpu": {}, "full": {}}
     with pytest.raises(ValueError, match="threads must be a non-negative integer"):
         support.setup("01_sensitivity", presets=presets, **STD)
     assert torch.get_num_threads() == _restore_threads
@@ -378,7 +381,7 @@ def test_checkpoint_path_depends_on_parameters_and_lives_under_build():
 def test_progress_and_download_preset_keys(monkeypatch):
     monkeypatch.delenv("STABKIT_PROGRESS", raising=False)
     monkeypatch.delenv("STABKIT_DOWNLOAD", raising=False)
-    presets = {"ci": {"progress": False, "download": False}, "full": {"progress": True, "download": True}}
+    presets = {"ci": {"progress": False, "download": False}, "cpu": {}, "full": {"progress": True, "download": True}}
     ci = support.setup("01_sensitivity", presets=presets, **STD)
     assert ci.progress is False and ci.preset.download is False
     assert support.setup("01_sensitivity", presets=presets, **{**STD, "scale": "full"}).progress is True
@@ -388,11 +391,14 @@ def test_progress_and_download_preset_keys(monkeypatch):
     assert ci.progress is True and ci.preset.download is True
     assert presets["ci"]["download"] is False  # the notebook's dict is not modified
     with pytest.raises(ValueError, match="preset key progress must be True or False"):
-        support.setup("01_sensitivity", presets={"ci": {"progress": 1}, "full": {}}, **STD)
+        support.setup("01_sensitivity", presets={"ci": {"progress": 1}, "cpu": {}, "full": {}}, **STD)
 
 
 def test_manifest_tolerances_default_and_override(tmp_path):
-    base = "chapter: 1\n    notebook: nb\n    title: t\n    runtime: {ci: 1 s, full: 1 s}\n    full_needs_gpu: false"
+    base = (
+        "chapter: 1\n    notebook: nb\n    title: t\n    runtime: {ci: 1 s, cpu: 1 s, full: 1 s}\n"
+        "    full_needs_gpu: false"
+    )
     (tmp_path / "m.yaml").write_text(
         "default_tolerance: {rtol: 1e-5, atol: 0}\nentries:\n"
         f"  a:\n    {base}\n    outputs: [x]\n"
@@ -407,3 +413,14 @@ def test_manifest_tolerances_default_and_override(tmp_path):
         (tmp_path / "m.yaml").write_text(f"entries:\n  a:\n    {base}\n    outputs: [x]\n    tolerance: {bad}\n")
         with pytest.raises(ValueError, match=match):
             support.load_manifest(tmp_path / "m.yaml")
+
+
+def test_dataset_none_is_the_scale_data_set():
+    presets = {"ci": {}, "cpu": {}, "full": {"dataset": "cifar10"}}
+    for scale, name in (("ci", "digits"), ("cpu", "mnist-test"), ("full", "cifar10")):
+        ctx = support.setup("01_sensitivity", presets=presets, **{**STD, "scale": scale}, dataset=None)
+        assert ctx.dataset == name
+    ctx = support.setup("01_sensitivity", presets=presets, **STD, dataset="moons")  # an explicit one wins
+    assert ctx.dataset == "moons"
+    with pytest.raises(ValueError, match="full preset must name its data set"):
+        support.setup("01_sensitivity", presets=PRESETS, **{**STD, "scale": "full"}, dataset=None)
