@@ -469,6 +469,7 @@ def report_markdown(scale: str, folder: Path | None = None) -> str:
         lines += ["", "`cpu` runs on 2 CPU cores in under an hour, on the real 28×28 MNIST test images (split "
                   "deterministically) and the synthetic sets, with several seeds: differences are judged against "
                   "their intervals; the published numbers (CIFAR-10, GPU) are printed beside ours."]  # fmt: skip
+    lines += _verdict_summary(manifest, claims, provenance, scale)
     chapter = None
     for e in _chapter_order(manifest):
         if e.chapter != chapter:
@@ -512,6 +513,31 @@ def report_markdown(scale: str, folder: Path | None = None) -> str:
         if e.notebook in provenance:
             lines += ["", f"<sub>{_md_inline(provenance_line(provenance[e.notebook]))}</sub>"]
     return "\n".join(lines) + "\n"
+
+
+_SHORT_VERDICTS = {
+    "reproduced": "reproduced",
+    "not significant at this scale": "not significant",
+    "contradicted": "contradicted",
+    "not comparable": "not comparable",
+}
+
+
+def _verdict_summary(manifest: dict, claims: dict, provenance: dict, scale: str) -> list[str]:
+    """The report's overview: per manifest entry, how many of its claims got each verdict, and the run time."""
+    lines = ["", "## Verdicts by entry", "", "| entry | ch | " + " | ".join(_SHORT_VERDICTS.values()) + " |"]
+    lines.append("|---|---|" + "---|" * len(_SHORT_VERDICTS))
+    for e in _chapter_order(manifest):
+        df = claims.get(e.notebook)
+        verdicts = list(df.loc[df["entry"] == e.id, "verdict"]) if df is not None else []
+        cells = [str(verdicts.count(v)) if verdicts else "—" for v in _SHORT_VERDICTS]
+        lines.append(_md_row([f"[`{e.id}`](#{e.id})", e.chapter, *cells]))
+    walls = {nb: rec.get("wall_time_s") for nb, rec in provenance.items() if rec.get("wall_time_s") is not None}
+    if walls:
+        total = sum(walls.values())
+        per = ", ".join(f"{nb} {w:.0f} s" for nb, w in sorted(walls.items()))
+        lines += ["", f"Notebook wall time at `{scale}` (provenance records): {total / 60:.1f} min in all ({per})."]
+    return lines
 
 
 def provenance_line(record: dict) -> str:
