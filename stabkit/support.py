@@ -981,6 +981,37 @@ class MemoryPeak(NamedTuple):
     peak_bytes: int  # largest number of bytes held by tensors allocated during the call
 
 
+@contextlib.contextmanager
+def _quiet_profiler():
+    """Keep the profiler's own log lines out of the output, pass every other line on to stderr.
+
+    libkineto prints a start/stop line per profile, and c10 warns that blocks allocated before the profile are not
+    tracked (expected here: see :func:`peak_memory`), both on the process's file descriptors 1 and 2 (which a
+    notebook kernel shows), so they are redirected to a temporary file for the duration.
+    """
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            tmp.seek(0)
+            noise = ("SyncActivityProfilerHandler", "allocated before the profiling started")
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.strip() and not any(n in line for n in noise):
+                    print(line, file=sys.stderr)
+
+
 def peak_memory(fn, *, device: str | torch.device | None = None) -> MemoryPeak:
     """Peak tensor memory that one call of ``fn()`` allocates above what was live before it (notebooks, benchmarks).
 
@@ -1001,7 +1032,7 @@ def peak_memory(fn, *, device: str | torch.device | None = None) -> MemoryPeak:
         return MemoryPeak(value, int(torch.cuda.max_memory_allocated(device) - before))
     from torch.profiler import ProfilerActivity, profile  # lazy: the profiler is heavy to import
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         value = fn()
     events = sorted(
         (e for e in prof.events() if e.self_cpu_memory_usage != 0), key=lambda e: (e.time_range.start, e.id)
