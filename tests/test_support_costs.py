@@ -61,3 +61,9 @@ def test_median_time_thread_clock_ignores_waiting():
     assert thread.seconds < 0.01  # sleeping costs no CPU time
     with pytest.raises(ValueError, match="clock"):
         median_time(lambda: None, clock="process")
+
+
+def test_peak_memory_keeps_the_profiler_log_out_of_the_output(capfd):
+    peak_memory(lambda: torch.ones(10))
+    out, err = capfd.readouterr()
+    assert "profiler" not in out + err
