@@ -937,28 +937,111 @@ class Timing(NamedTuple):
     seconds: float  # median wall time of one call
 
 
-def median_time(fn, *, repeats: int = 5, device: str | torch.device | None = None) -> Timing:
+def median_time(
+    fn,
+    *,
+    repeats: int = 5,
+    device: str | torch.device | None = None,
+    clock: Literal["wall", "thread"] = "wall",
+) -> Timing:
     """Median wall time of ``fn()`` over ``repeats`` calls after one warm-up call (for notebooks and benchmarks).
 
-    On a CUDA ``device`` the clock waits for the GPU before and after each call. The library's own functions never
-    time themselves; timings belong to notebooks (in tables marked ``timed`` in the manifest) and benchmarks.
+    On a CUDA ``device`` the clock waits for the GPU before and after each call. ``clock="thread"`` measures the CPU
+    time of the calling thread instead (``time.thread_time``): with one torch thread (``torch.set_num_threads(1)``)
+    that is the work done, unaffected by other processes sharing the CPU; not for CUDA. The library's own functions
+    never time themselves; timings belong to notebooks (in tables marked ``timed`` in the manifest) and benchmarks.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    if clock not in ("wall", "thread"):
+        raise ValueError(f"clock must be 'wall' or 'thread', got {clock!r}")
     cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda and clock == "thread":
+        raise ValueError("clock='thread' measures CPU time: use the wall clock on a CUDA device")
+    now = time.perf_counter if clock == "wall" else time.thread_time
     value = fn()
     times = []
     for _ in range(repeats):
         if cuda:
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = now()
         fn()
         if cuda:
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     times.sort()
     mid = len(times) // 2
     return Timing(value, times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2)
+
+
+class MemoryPeak(NamedTuple):
+    """What :func:`peak_memory` measured."""
+
+    value: Any  # what the call returned
+    peak_bytes: int  # largest number of bytes held by tensors allocated during the call
+
+
+@contextlib.contextmanager
+def _quiet_profiler():
+    """Keep the profiler's own log lines out of the output, pass every other line on to stderr.
+
+    libkineto prints a start/stop line per profile, and c10 warns that blocks allocated before the profile are not
+    tracked (expected here: see :func:`peak_memory`), both on the process's file descriptors 1 and 2 (which a
+    notebook kernel shows), so they are redirected to a temporary file for the duration.
+    """
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            tmp.seek(0)
+            noise = ("SyncActivityProfilerHandler", "allocated before the profiling started")
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.strip() and not any(n in line for n in noise):
+                    print(line, file=sys.stderr)
+
+
+def peak_memory(fn, *, device: str | torch.device | None = None) -> MemoryPeak:
+    """Peak tensor memory that one call of ``fn()`` allocates above what was live before it (notebooks, benchmarks).
+
+    On a CUDA ``device``: ``torch.cuda.max_memory_allocated`` after resetting the peak, minus the memory allocated
+    before the call. On the CPU, where torch keeps no allocator statistics, the call runs under ``torch.profiler``
+    with ``profile_memory=True``: every allocation is recorded as the self memory of the operator that made it and
+    every free as a ``[memory]`` event; the peak is the largest running sum of these in time order. It counts the
+    tensors of torch's CPU allocator (activations, gradients, workspaces of the operators), not Python objects.
+    Tensors that ``fn`` returns are still live at the end and count.
+    """
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        value = fn()
+        torch.cuda.synchronize(device)
+        return MemoryPeak(value, int(torch.cuda.max_memory_allocated(device) - before))
+    from torch.profiler import ProfilerActivity, profile  # lazy: the profiler is heavy to import
+
+    with _quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        value = fn()
+    events = sorted(
+        (e for e in prof.events() if e.self_cpu_memory_usage != 0), key=lambda e: (e.time_range.start, e.id)
+    )
+    running, peak = 0, 0
+    for e in events:
+        running += e.self_cpu_memory_usage
+        peak = max(peak, running)
+    return MemoryPeak(value, int(peak))
 
 
 def machine_info() -> str:

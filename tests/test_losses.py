@@ -147,3 +147,89 @@ def test_loss_bad_input():
         lipschitz_penalty(nn.Conv2d(4, 4, 3, padding=1, padding_mode="replicate"))
     with pytest.raises(ValueError, match="threshold"):
         lipschitz_penalty(nn.Linear(2, 2), threshold=-1.0)
+
+
+# --- each bound method as the regulariser (Note [penalty methods]) ---------------------------------------------
+
+from stabkit.losses import PENALTY_METHODS  # noqa: E402
+
+
+def _strided_cnn(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 3, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 5),
+    ).double()
+
+
+def _exact_norms(model, size=8):
+    # explicit matrices of the zero-padded (strided) convolutions and SVDs: the ground truth
+    out, n = {}, size
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            A = norms.conv_matrix(m.weight.detach(), n, padding="zero", pad=m.padding, stride=m.stride)
+            out[name] = float(torch.linalg.matrix_norm(A, ord=2))
+            n = (n + 2 * m.padding[0] - 3) // m.stride[0] + 1
+        elif isinstance(m, nn.Linear):
+            out[name] = float(torch.linalg.matrix_norm(m.weight.detach(), ord=2))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_certified_methods_bound_and_estimates_stay_below_the_explicit_matrix_norms(seed):
+    model = _strided_cnn(seed)
+    exact = _exact_norms(model)
+    for method in PENALTY_METHODS:
+        bounds = layer_spectral_bounds(model, input_shape=(2, 8, 8), method=method)
+        assert list(bounds) == list(exact)
+        for name, b in bounds.items():
+            if method == "power":  # a lower estimate, and close after many iterations
+                assert float(b.detach()) <= exact[name] * (1 + 1e-9)
+            elif method != "fantastic_four":  # certified upper bounds
+                assert float(b.detach()) >= exact[name] * (1 - 1e-12), (method, name)
+    many = layer_spectral_bounds(model, input_shape=(2, 8, 8), method="power", n_iter=500)
+    for name, b in many.items():
+        assert float(b.detach()) == pytest.approx(exact[name], rel=1e-3)
+
+
+def test_fantastic_four_is_the_norms_function_with_the_same_generator():
+    model = _strided_cnn(0)
+    ours = layer_spectral_bounds(
+        model, input_shape=(2, 8, 8), method="fantastic_four", generator=torch.Generator().manual_seed(3)
+    )
+    g = torch.Generator().manual_seed(3)
+    ref = norms.conv_fantastic_four(model[0].weight, n_iter=6, generator=g)
+    assert float(ours["0"].detach()) == float(ref.detach())
+
+
+def test_every_penalty_method_is_differentiable_and_layers_conv_skips_dense_layers():
+    model = _strided_cnn(1)
+    for method in PENALTY_METHODS:
+        model.zero_grad()
+        penalty = lipschitz_penalty(model, input_shape=(2, 8, 8), method=method, threshold=0.01)
+        penalty.backward()
+        for p in (model[0].weight, model[2].weight, model[5].weight):
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, method
+        convs = layer_spectral_bounds(model, input_shape=(2, 8, 8), method=method, layers="conv")
+        assert list(convs) == ["0", "2"]
+        expected = sum(F.relu(b - 0.01) for b in convs.values())
+        got = lipschitz_penalty(model, input_shape=(2, 8, 8), method=method, threshold=0.01, layers="conv")
+        if method not in ("power", "fantastic_four"):  # the estimates redraw their starts on every call
+            torch.testing.assert_close(got, expected)
+
+
+def test_penalty_methods_bad_input():
+    model = _strided_cnn(0)
+    with pytest.raises(ValueError, match="method"):
+        lipschitz_penalty(model, input_shape=(2, 8, 8), method="svd")
+    with pytest.raises(ValueError, match="layers"):
+        lipschitz_penalty(model, input_shape=(2, 8, 8), layers="dense")
+    dilated = nn.Sequential(nn.Conv2d(2, 2, 3, padding=2, dilation=2))
+    with pytest.raises(ValueError, match="dilation"):
+        lipschitz_penalty(dilated, input_shape=(2, 8, 8), method="power")
+    with pytest.raises(ValueError, match="input size"):
+        lipschitz_penalty(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1)), method="power")
