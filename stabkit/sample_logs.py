@@ -11,6 +11,10 @@ are there rank 0 joins them with :func:`stabkit.certify._smoothing.merge_logs` i
 only on ``--seed``, its index, ``--n0`` and ``--n`` (Note [noise stream]), so the log is the same for any number
 of ranks, and a killed run restarted with the same command (any K) keeps the chunks already written. ``--lvm``
 also records the LVM-RS statistics over the published temperature grid.
+
+:func:`read_logs` and :func:`load_base_model` are the other end: a notebook given ``-p logs=…`` and
+``-p checkpoints=…`` reads the files this command and ``python -m stabkit.train_net`` wrote (names:
+:func:`log_name`), checked against its own settings.
 """
 
 from __future__ import annotations
