@@ -11,6 +11,10 @@ are there rank 0 joins them with :func:`stabkit.certify._smoothing.merge_logs` i
 only on ``--seed``, its index, ``--n0`` and ``--n`` (Note [noise stream]), so the log is the same for any number
 of ranks, and a killed run restarted with the same command (any K) keeps the chunks already written. ``--lvm``
 also records the LVM-RS statistics over the published temperature grid.
+
+:func:`read_logs` and :func:`load_base_model` are the other end: a notebook given ``-p logs=…`` and
+``-p checkpoints=…`` reads the files this command and ``python -m stabkit.train_net`` wrote (names:
+:func:`log_name`), checked against its own settings.
 """
 
 from __future__ import annotations
@@ -112,6 +116,126 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"wrote {out} ({merged.n_points} points, sigma {merged.sigma}, n0 {merged.n0}, n {merged.n})")
     distributed.barrier()
     return out
+
+
+# ---------------------------------------------------------------------- what the notebooks read
+def log_name(dataset: str, net: str, sigma: float) -> str:
+    """File name of the sampling log of base network ``net`` at noise ``sigma``: ``<dataset>-<net>-sigma<σ>.npz``.
+
+    ``σ`` is written as Python prints a float (``0.25``, ``0.5``, ``1.0``), as a shell loop ``for s in 0.25 0.5
+    1.0`` does (docs/full-scale.md).
+    """
+    return f"{dataset}-{net}-sigma{float(sigma)}.npz"
+
+
+def _sample_command(path: Path, net: str, sigma: float, *, checkpoints, n0, n, every, n_points, lvm) -> str:
+    model = Path(checkpoints) / f"{net}-sigma{float(sigma)}" / "model.pt"
+    return (
+        f"python -m stabkit.sample_logs --model {model} --sigma {float(sigma)} --n0 {n0} --n-samples {n} "
+        f"--every {every} --n-points {n_points}{' --lvm' if lvm else ''} --out {path}"
+    )
+
+
+def read_logs(
+    folder: str | Path,
+    runs,
+    *,
+    dataset: str,
+    n0: int,
+    n: int,
+    n_points: int,
+    every: int,
+    labels=None,
+    lvm: bool = True,
+    checkpoints: str | Path = "runs",
+) -> dict:
+    """Read and check the sampling logs a notebook certifies instead of sampling itself.
+
+    For every ``(net, sigma)`` of ``runs`` the file ``folder/log_name(dataset, net, sigma)`` must be a log written
+    by this command (or :func:`stabkit.certify.smoothing.save_log`) with the notebook's settings: noise ``sigma``,
+    ``n0`` selection and ``n`` estimation samples, the LVM-RS statistics when ``lvm``, and exactly the points
+    ``0 … n_points − 1`` (checked by :func:`stabkit.certify.smoothing.merge_logs`) with the given ``labels``.
+
+    Args:
+        folder: the folder of the logs (``-p logs=…`` of a notebook).
+        runs: ``(net, sigma)`` pairs, ``net`` the name in the file (``"cnn"``, ``"sll"``).
+        dataset: data set name, the first part of the file name.
+        n0, n: selection and estimation samples per point the notebook expects.
+        n_points: number of certified points; every ``every``-th test image.
+        every: the stride over the test set (for the error messages' command).
+        labels: the true labels of the certified points, or None (not checked).
+        lvm: whether the logs must hold the LVM-RS statistics (``--lvm``).
+        checkpoints: folder of the models (``<net>-sigma<σ>/model.pt``), for the error messages' command.
+
+    Returns:
+        ``{(net, sigma): SmoothingLog}``.
+
+    Raises:
+        FileNotFoundError: a log is missing (the message gives the command that writes it).
+        ValueError: a log sampled with other settings, without LVM statistics, on other points, or not covering
+            every point exactly once.
+    """
+    from stabkit.certify.smoothing import load_log, merge_logs
+
+    folder = Path(folder)
+    expected = None if labels is None else np.asarray(labels, dtype=np.int64)
+    out = {}
+    for net, sigma in runs:
+        path = folder / log_name(dataset, net, sigma)
+        command = _sample_command(
+            path, net, sigma, checkpoints=checkpoints, n0=n0, n=n, every=every, n_points=n_points, lvm=lvm
+        )
+        if not path.is_file():
+            raise FileNotFoundError(f"no sampling log {path}; write it with\n  {command}")
+        log = load_log(path)
+        found = dict(sigma=float(log.sigma), n0=int(log.n0), n=int(log.n))
+        wanted = dict(sigma=float(sigma), n0=int(n0), n=int(n))
+        if found != wanted:
+            raise ValueError(
+                f"{path} was sampled with {found}, the notebook expects {wanted}; re-sample with\n  {command}"
+            )
+        if lvm and (log.temperatures is None or log.mean_estimation is None):
+            raise ValueError(f"{path} has no LVM-RS statistics (sampled without --lvm); re-sample with\n  {command}")
+        try:
+            log = merge_logs([log], n_points=n_points)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}; re-sample with\n  {command}") from None
+        if expected is not None and not np.array_equal(log.labels, expected):
+            raise ValueError(
+                f"{path} was sampled on other test points than the notebook certifies (labels differ: another "
+                f"data set, --every or --n-points); re-sample with\n  {command}"
+            )
+        out[(net, float(sigma))] = log
+    return out
+
+
+def load_base_model(checkpoints: str | Path, net: str, sigma: float, *, dataset: str, input_shape, device="cpu"):
+    """The base classifier ``checkpoints/<net>-sigma<σ>/model.pt`` written by ``python -m stabkit.train_net``.
+
+    Checks that it was trained on ``dataset`` under Gaussian noise ``sigma`` for inputs of ``input_shape``.
+
+    Returns:
+        ``(model, config)`` as :func:`stabkit.train_net.load_trained` (eval mode).
+
+    Raises:
+        FileNotFoundError: no such model (the message gives the command's output folder).
+        ValueError: a model trained on another data set, at another σ or for another input shape.
+    """
+    from stabkit.train_net import load_trained
+
+    run = Path(checkpoints) / f"{net}-sigma{float(sigma)}"
+    path = run / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no model {path}; train it with python -m stabkit.train_net --dataset {dataset} --sigma {float(sigma)} "
+            f"... --out {run} (docs/full-scale.md gives the full command)"
+        )
+    model, config = load_trained(path, device)
+    found = (config.get("dataset"), float(config.get("sigma", 0.0)), tuple(config.get("input_shape", ())))
+    wanted = (dataset, float(sigma), tuple(int(s) for s in input_shape))
+    if found != wanted:
+        raise ValueError(f"{path} was trained with (dataset, sigma, input_shape) = {found}, expected {wanted}")
+    return model, config
 
 
 if __name__ == "__main__":
