@@ -119,3 +119,18 @@ def test_kernel_gram_iteration_never_below_the_explicit_norm(shape, T, f32):
     bound = float(kernel_gram_iteration(k, n_iter=T))
     assert bound >= fine_sup(k) * (1 - 1e-12)
     assert bound >= svd_norm(conv_matrix(k.double(), 6, padding="zero")) * (1 - 1e-12)
+
+
+def test_grid_bound_threads_give_the_same_value():
+    """The eigenproblems split over Python threads (one LAPACK thread each) give the one-call values."""
+    k = torch.randn(5, 4, 5, 5, generator=gen(8), dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = conv_grid_bound(k, rtol=1e-3)
+        torch.set_num_threads(3)
+        several = conv_grid_bound(k, rtol=1e-3)
+        assert torch.get_num_threads() == 3  # restored after the one-thread LAPACK section
+    finally:
+        torch.set_num_threads(threads)
+    assert float(one) == float(several)

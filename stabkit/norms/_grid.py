@@ -28,6 +28,7 @@ the cost of an eigen-decomposition per frequency.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -89,8 +90,25 @@ def _block_norms(kernel: torch.Tensor, omegas: torch.Tensor) -> torch.Tensor:
     khat = khat.contiguous()
     gram = khat.mH @ khat  # (F, c, c) Hermitian PSD
 
-    with _batched_lapack(gram):  # Note [shared CPU] in _dense.py
-        return torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0.0).sqrt()
+    return _top_eigenvalues(gram).clamp_min(0.0).sqrt()
+
+
+def _top_eigenvalues(gram: torch.Tensor) -> torch.Tensor:
+    """Largest eigenvalue of each Hermitian matrix of a batch (F, c, c).
+
+    On the CPU the batch is cut into one slice per intra-op thread and the slices run side by side, each as a
+    one-thread LAPACK call from its own Python thread (torch releases the GIL): independent calls do not
+    spin-wait for each other, which is what makes multithreaded batched eigvalsh collapse on a shared CPU (Note
+    [shared CPU] in ``_dense.py``), and on a quiet machine the cores share the batch. The values are those of the
+    one-call version (each matrix is solved alone either way).
+    """
+    workers = min(torch.get_num_threads(), 8, gram.shape[0] // 16)
+    if gram.device.type != "cpu" or workers < 2:
+        with _batched_lapack(gram):  # Note [shared CPU] in _dense.py
+            return torch.linalg.eigvalsh(gram)[:, -1]
+    parts = gram.tensor_split(workers)
+    with _batched_lapack(gram), ThreadPoolExecutor(workers) as pool:
+        return torch.cat(list(pool.map(lambda part: torch.linalg.eigvalsh(part)[:, -1], parts)))
 
 
 def conv_grid_bound(kernel: torch.Tensor, *, n_samples: int = 32, refine: int = 4, rtol: float = 1e-4) -> torch.Tensor:
