@@ -329,7 +329,7 @@ def main():
         rows = []
         for name, (who, certified, fn) in methods.items():
             t, v = timeit(fn)
-            rows.append(dict(m=m, method=name, who=who, upper=certified, value=v, t=t, err=(v - exact) / exact))
+            rows.append(dict(m=m, method=name, who=who, upper=certified, value=v, t=t, err=(v - exact) / exact, fn=fn))
         for r in rows:
             r["ratio"] = r["t"] / rows[0]["t"]
         dense_rows += rows
