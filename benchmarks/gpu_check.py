@@ -3,9 +3,11 @@
 Run on a machine with one CUDA GPU: ``python benchmarks/gpu_check.py`` (``make gpu-check``). It prints the GPU
 model and torch version, runs ``bench_norms``, ``bench_layers``, ``bench_certify`` and ``bench_curvature`` (each
 in its own process, CUDA timings synchronised), saves their outputs under ``figures/gpu/``, then runs
-``python -m stabkit.reproduce --scale full --device cuda --only gi-dense-convergence conv-scaling
-conv-bounds-table resnet18-layers``. ``--smoke`` runs the benchmarks only, at tiny sizes on the CPU, in seconds:
-it keeps the script from rotting before a GPU is lent (a test runs it).
+``python -m stabkit.reproduce --scale full --device cuda --output-dir figures/gpu --only gi-dense-convergence
+conv-scaling conv-bounds-table resnet18-layers`` (the entries' outputs and REPORT.md under ``figures/gpu/``, next to
+the benchmark outputs). ``--smoke`` runs the benchmarks at tiny sizes on the CPU, in seconds, and checks the
+reproduce command against the manifest (every id exists, the options parse) without running it: it keeps the
+script from rotting before a GPU is lent (a test runs it).
 """
 
 from __future__ import annotations
@@ -34,6 +36,29 @@ def benchmarks(device: str, smoke: bool) -> dict[str, list[str]]:
         "bench_certify": [],
         "bench_curvature": [],
     }
+
+
+def reproduce_command(out: str) -> list[str]:
+    """The full-scale CUDA run of the GPU-timed manifest entries, written to ``out``."""
+    return [
+        *(sys.executable, "-m", "stabkit.reproduce", "--scale", "full", "--device", "cuda"),
+        *("--output-dir", out, "--only", *ENTRIES),
+    ]
+
+
+def check_reproduce_command(cmd: list[str]) -> int:
+    """Smoke check of ``cmd`` without running it: every ``--only`` id is in the manifest and the options parse."""
+    from stabkit.support import load_manifest
+
+    print(f"\n$ {' '.join(cmd)}  # not run in the smoke check")
+    missing = [e for e in ENTRIES if e not in load_manifest()]
+    if missing:
+        print(f"# manifest has no entries {missing}")
+        return 1
+    # the same options with --list: argparse rejects an unknown option, nothing is executed
+    p = subprocess.run([*cmd[:3], "--list", *cmd[3:]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    print(f"# reproduce options {'parse' if p.returncode == 0 else 'rejected: ' + p.stderr[-500:]}")
+    return p.returncode
 
 
 def run(cmd: list[str], out: Path | None, timeout: float) -> int:
@@ -69,15 +94,10 @@ def main() -> int:
     for name, extra in benchmarks(device, args.smoke).items():
         rc = run([sys.executable, f"benchmarks/{name}.py", *extra], out / f"{name}.txt", 120 if args.smoke else 180)
         failures += rc != 0
-    if not args.smoke:
-        cmd = [sys.executable, "-m", "stabkit.reproduce", "--scale", "full", "--device", "cuda", "--only", *ENTRIES]
-        help_text = subprocess.run(
-            [sys.executable, "-m", "stabkit.reproduce", "--help"], cwd=ROOT, capture_output=True, text=True
-        ).stdout
-        if "--output-dir" in help_text:
-            cmd += ["--output-dir", args.out]
-        else:
-            print("# stabkit.reproduce has no --output-dir: the entries are written where reproduce puts full scale")
+    cmd = reproduce_command(args.out)
+    if args.smoke:
+        failures += check_reproduce_command(cmd) != 0
+    else:
         failures += run(cmd, out / "reproduce.txt", 420) != 0
     print(f"\n# gpu_check: {failures} failing step(s)")
     return 1 if failures else 0

@@ -21,3 +21,6 @@ def test_gpu_check_smoke_runs_on_cpu(tmp_path):
     text = (out / "bench_norms.txt").read_text()
     assert "spectral_norm_bound(method='auto')" in text
     assert (out / "bench_layers.txt").exists()
+    # the GPU run writes its entries next to the benchmarks, and the smoke run checked that command
+    assert f"--output-dir {out}" in p.stdout
+    assert "# reproduce options parse" in p.stdout

@@ -537,29 +537,63 @@ def _next_fast_len(n: int) -> int:
         m += 1
 
 
-def _self_correlation(M: torch.Tensor) -> tuple[torch.Tensor, int, str]:
+def _grid_sizes(h: int, w: int) -> tuple[int, int, int, int]:
+    """Lag extent (2h − 1, 2w − 1) of a self-correlation and the smallest FFT-friendly grid holding it."""
+    H, W = 2 * h - 1, 2 * w - 1
+    return H, W, _next_fast_len(H), _next_fast_len(W)
+
+
+def _use_spatial(M: torch.Tensor) -> bool:
+    """Whether the spatial self-convolution costs fewer flops than the frequency form (see below)."""
+    c, cp, h, w = M.shape
+    H, W, nh, nw = _grid_sizes(h, w)
+    spatial = 2.0 * c * c * cp * h * w * H * W
+    logn = math.log2(nh * nw)
+    freq = 8.0 * c * c * cp * nh * (nw // 2 + 1) + 5.0 * (c * cp + c * c) * nh * nw * logn
+    return spatial <= freq
+
+
+def _self_correlation(M: torch.Tensor, *, row_sums: bool = False) -> tuple[torch.Tensor, int, str]:
     """``G[i, j, τ] = Σ_(l, x) M[i, l, x + τ] M[j, l, x]`` for all lags, by the cheaper formulation.
 
     M is (c, c', h, w) with its lags centred; G is (c, c, 2h − 1, 2w − 1), centred. Spatial self-convolution
     (``conv2d(M, M)``) costs ``2 c² c' (h w)(2h − 1)(2w − 1)`` flops; the frequency domain costs one rfft2, a
-    batched complex c×c' product on ``n_h (n_w/2 + 1)`` frequencies (8 c² c' flops each) and one irfft2, on the
-    smallest FFT-friendly grid ≥ 2h − 1 (no aliasing: the lags are exact). The spatial form wins while the iterate
-    is small (first steps, small kernels), the frequency form after. Returns ``(G, N, how)``: the grid size that
-    enters the rounding bound and the formulation used.
+    product of the c×c' blocks on ``n_h (n_w/2 + 1)`` frequencies (8 c² c' flops each) and one
+    irfft2, on the smallest FFT-friendly grid ≥ 2h − 1 (no aliasing: the lags are exact). The spatial form wins
+    while the iterate is small (first steps, small kernels), the frequency form after. The FFTs run over the
+    contiguous last dimensions. With ``row_sums=True`` it returns ``Σ_(j, τ) |G[i, j, τ]|`` (c,) instead of G
+    (the last step of :func:`kernel_gram_iteration`): the sums are taken on the whole grid, whose entries outside
+    the lags are zero up to rounding (counting them only enlarges the bound), in blocks of rows, so that G is never
+    held whole. Returns ``(G or row sums, N, how)``: the grid size that enters the rounding bound and the
+    formulation used.
     """
     c, cp, h, w = M.shape
-    H, W = 2 * h - 1, 2 * w - 1
-    nh, nw = _next_fast_len(H), _next_fast_len(W)
-    spatial = 2.0 * c * c * cp * h * w * H * W
-    logn = math.log2(nh * nw)
-    freq = 8.0 * c * c * cp * nh * (nw // 2 + 1) + 5.0 * (c * cp + c * c) * nh * nw * logn
-    if spatial <= freq:
-        return F.conv2d(M, M, padding=(h - 1, w - 1)), H * W, "spatial"
-    Mc = M.permute(2, 3, 0, 1).contiguous()  # (h, w, c, c'): frequency blocks contiguous for the batched GEMM
-    Mf = torch.fft.rfft2(Mc, s=(nh, nw), dim=(0, 1))  # (nh, nw//2+1, c, c')
-    G = torch.fft.irfft2(Mf @ Mf.mH, s=(nh, nw), dim=(0, 1))  # (nh, nw, c, c), lag τ at index τ mod n
-    G = torch.roll(G, shifts=(h - 1, w - 1), dims=(0, 1))[:H, :W]  # lags −(h−1)…h−1
-    return G.permute(2, 3, 0, 1).contiguous(), nh * nw, "frequency"
+    H, W, nh, nw = _grid_sizes(h, w)
+    if _use_spatial(M):
+        G = F.conv2d(M, M, padding=(h - 1, w - 1))
+        return (G.abs().sum(dim=(1, 2, 3)) if row_sums else G), H * W, "spatial"
+    Mf = torch.fft.rfft2(M, s=(nh, nw))  # (c, c', nh, nw//2+1), over the contiguous last dims
+    Mf = Mf.permute(2, 3, 0, 1).reshape(-1, c, cp)  # (F, c, c'): one copy, blocks contiguous for the GEMM
+    # the conjugate transpose materialised once, contiguous: the batched product of a lazily conjugated or
+    # transposed operand copies every block first (Note [shared CPU] in _dense.py)
+    Mh = Mf.mH.contiguous()  # (F, c', c)
+    n_f = Mf.shape[0]
+    # blocks of rows keep the (F, r, c) product and its (r, c, nh, nw) transform within 2^26 entries each
+    step = c if not row_sums else max(1, min(c, (2**26) // max(1, n_f * c)))
+    out = []
+    for i in range(0, c, step):
+        rows = slice(i, min(c, i + step))
+        P = (Mf if step == c else Mf[:, rows].contiguous()) @ Mh  # (F, r, c)
+        P = P.reshape(nh, nw // 2 + 1, -1, c).permute(2, 3, 0, 1)  # (r, c, nh, nw//2+1)
+        G = torch.fft.irfft2(P, s=(nh, nw))  # (r, c, nh, nw), lag τ at index τ mod n
+        out.append(G.abs().sum(dim=(1, 2, 3)) if row_sums else G)
+    if row_sums:
+        return torch.cat(out), nh * nw, "frequency"
+    G = out[0]
+    # lags −(h−1)…h−1: the negative ones sit at the end of each axis
+    G = torch.cat([G[..., nh - (h - 1) :, :], G[..., :h, :]], dim=-2)
+    G = torch.cat([G[..., nw - (w - 1) :], G[..., :w]], dim=-1)
+    return G.contiguous(), nh * nw, "frequency"
 
 
 def kernel_gram_iteration(kernel: torch.Tensor, *, n_iter: int = 6) -> torch.Tensor:
@@ -572,8 +606,10 @@ def kernel_gram_iteration(kernel: torch.Tensor, *, n_iter: int = 6) -> torch.Ten
     Cost. Self-convolving in the spatial domain costs (c·s_t²)² per step with s_t = 2^t(k−1)+1, which explodes
     with T; squaring in the frequency domain costs one FFT pair and a batched c×c product on ~s_t²/2 frequencies.
     Each step takes whichever is cheaper by a flop count (spatial while the iterate is small, frequency after),
-    so the total cost is dominated by the last step. The iterates are rescaled by their Frobenius norm and the
-    log-scale carried (as in :func:`~stabkit.norms.gram_iteration`).
+    so the total cost is dominated by the last step: for c channels and T steps, ``8 c³`` flops on each of the
+    ~``2^(2T) (k − 1)²`` frequencies of its grid, plus two FFTs of c² planes of that size (memory-bound). The last
+    step sums the absolute rows on its grid directly, without forming the centred kernel. The iterates are rescaled
+    by their Frobenius norm and the log-scale carried (as in :func:`~stabkit.norms.gram_iteration`).
 
     Rounding. The a-priori error bound of an FFT-based product grows with the grid, which makes it useless in
     float32, so the iterates are computed in float64 whatever the kernel's dtype; the margin of Note [certified
@@ -608,14 +644,14 @@ def kernel_gram_iteration(kernel: torch.Tensor, *, n_iter: int = 6) -> torch.Ten
     u = 2.0**-53
     eta = 8.0 * u
     records = []  # (f, r, N, c') of each step, for the rounding recursion
-    for _t in range(1, n_iter + 1):
+    for t in range(1, n_iter + 1):
         f = torch.linalg.vector_norm(M.detach())
         r = torch.where(f > 0, f, torch.ones_like(f))
-        G, N, _how = _self_correlation(M / r)
+        G, N, _how = _self_correlation(M / r, row_sums=t == n_iter)
         records.append((f, r, N, M.shape[1]))
         M = G
-    rows = M.abs().sum(dim=(1, 2, 3))  # (c,) row sums of the Gram kernel: the Schur test on its symbol
-    V = rows.amax() * (1.0 + 4.0 * M[0].numel() * u)
+    # M: (c,) row sums Σ_(j,τ) |M_T[i, j, τ]| of the Gram kernel (on its whole grid): the Schur test on its symbol
+    V = M.amax() * (1.0 + 4.0 * kernel.shape[0] * records[-1][2] * u)  # float64 sums of c·N terms
     # Note [certified rounding]: V_(t−1) = r (sqrt(V_t + 2ε_t) + u √N b), ε_t = (3η log2 N + γ_c') N b²
     for f, r, N, cp in reversed(records):
         b = (1.0 + u) * f / r

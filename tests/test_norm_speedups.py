@@ -1,0 +1,136 @@
+"""The faster paths of stabkit.norms keep their guarantees: the grid bound's ``rtol`` (CPL's eval bound) and the
+kernel Gram iteration's frequency-domain steps (row sums on the whole grid), against explicit matrices, spatial
+self-convolutions and fine-grid circular norms, over random and adversarial kernels, float32 included."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stabkit.norms import conv_grid_bound, conv_matrix, kernel_gram_iteration
+from stabkit.norms._conv import _self_correlation
+from stabkit.norms._grid import _grid_search
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def svd_norm(W):
+    return float(np.linalg.norm(np.asarray(W.detach().double()), 2))
+
+
+def fine_sup(k, n=192):
+    """σ1 of the circular conv on an n×n grid: a lower bound of sup_ω σ1(K̂(ω)), close to it for large n."""
+    khat = torch.fft.fft2(k.double(), s=(n, n)).permute(2, 3, 0, 1)
+    return torch.linalg.matrix_norm(khat, ord=2).max().item()
+
+
+def peaked(c_out, c_in, kh, kw, omega, g):
+    """A kernel whose symbol peaks sharply at ``omega`` (off every DFT node): a modulated, nearly rank-one kernel."""
+    a = torch.arange(kh, dtype=torch.float64)[:, None]
+    b = torch.arange(kw, dtype=torch.float64)[None, :]
+    wave = torch.cos(omega[0] * a + omega[1] * b)  # (kh, kw)
+    u = torch.randn(c_out, 1, 1, 1, generator=g, dtype=torch.float64)
+    v = torch.randn(1, c_in, 1, 1, generator=g, dtype=torch.float64)
+    return u * v * wave + 1e-3 * torch.randn(c_out, c_in, kh, kw, generator=g, dtype=torch.float64)
+
+
+KERNELS = st.tuples(
+    st.integers(1, 5), st.integers(1, 5), st.sampled_from([1, 3, 5]), st.sampled_from([1, 3, 5]), st.integers(0, 10**6)
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=KERNELS, rtol=st.sampled_from([1e-2, 1e-3, 1e-4]), adversarial=st.booleans(), f32=st.booleans())
+def test_grid_bound_never_below_the_explicit_norm(shape, rtol, adversarial, f32):
+    c_out, c_in, kh, kw, seed = shape
+    g = gen(seed)
+    if adversarial:
+        omega = (torch.rand(2, generator=g, dtype=torch.float64) * 2 - 1) * math.pi
+        k = peaked(c_out, c_in, kh, kw, omega, g)
+    else:
+        k = torch.randn(c_out, c_in, kh, kw, generator=g, dtype=torch.float64)
+    if f32:
+        k = k.float()
+    bound = float(conv_grid_bound(k, rtol=rtol))
+    assert bound >= fine_sup(k) * (1 - 1e-12)
+    for n in (max(kh, kw), 7):
+        assert bound >= svd_norm(conv_matrix(k.double(), n, padding="zero")) * (1 - 1e-12)
+    if f32:  # rounded up from the float64 bound of the float32 kernel
+        assert bound >= float(conv_grid_bound(k.double(), rtol=rtol))
+
+
+def test_grid_bound_rtol_controls_tightness_and_work():
+    g = gen(3)
+    k = torch.randn(6, 6, 5, 5, generator=g, dtype=torch.float64)
+    sup = fine_sup(k, 384)
+    work = {}
+    for rtol in (1e-2, 1e-3, 1e-4):
+        b, n_eval, _levels = _grid_search(k, n_samples=32, refine=6, rtol=rtol)
+        assert sup * (1 - 1e-12) <= float(b) <= sup * (1 + rtol) * (1 + 1e-6)
+        work[rtol] = n_eval
+    assert work[1e-2] <= work[1e-3] <= work[1e-4]
+    assert float(conv_grid_bound(k)) == float(conv_grid_bound(k, rtol=1e-4))  # the default
+
+
+def test_grid_bound_adversarial_peak_between_nodes():
+    """The maximum sits half-way between DFT nodes: the cell correction, not the nodes, must cover it."""
+    g = gen(5)
+    omega = torch.tensor([math.pi / 32, 3 * math.pi / 32], dtype=torch.float64)  # centre of a cell of the 32-grid
+    k = peaked(3, 2, 5, 5, omega, g)
+    for rtol in (1e-2, 1e-4):
+        assert float(conv_grid_bound(k, rtol=rtol)) >= fine_sup(k, 512) * (1 - 1e-12)
+
+
+def test_grid_bound_rejects_bad_rtol():
+    with pytest.raises(ValueError, match="rtol"):
+        conv_grid_bound(torch.ones(1, 1, 3, 3), rtol=0.0)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 5, 5), (4, 4, 9, 9), (2, 3, 17, 17), (5, 1, 9, 5)])
+def test_self_correlation_frequency_matches_spatial(shape):
+    M = torch.randn(*shape, generator=gen(sum(shape)), dtype=torch.float64)
+    h, w = shape[-2:]
+    ref = F.conv2d(M, M, padding=(h - 1, w - 1))
+    G, N, how = _self_correlation(M)
+    assert G.shape == ref.shape
+    torch.testing.assert_close(G, ref, rtol=0, atol=1e-11 * ref.abs().max().item())
+    sums, _, _ = _self_correlation(M, row_sums=True)
+    ref_sums = ref.abs().sum(dim=(1, 2, 3))
+    # whole-grid sums: the zero region adds only rounding, never less than the exact lags' sums
+    assert torch.all(sums >= ref_sums * (1 - 1e-12))
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-9, atol=0)
+    if how == "frequency":
+        assert N >= (2 * h - 1) * (2 * w - 1)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=KERNELS, T=st.integers(1, 4), f32=st.booleans())
+def test_kernel_gram_iteration_never_below_the_explicit_norm(shape, T, f32):
+    c_out, c_in, kh, kw, seed = shape
+    k = torch.randn(c_out, c_in, kh, kw, generator=gen(seed), dtype=torch.float64)
+    if f32:
+        k = k.float()
+    bound = float(kernel_gram_iteration(k, n_iter=T))
+    assert bound >= fine_sup(k) * (1 - 1e-12)
+    assert bound >= svd_norm(conv_matrix(k.double(), 6, padding="zero")) * (1 - 1e-12)
+
+
+def test_grid_bound_threads_give_the_same_value():
+    """The eigenproblems split over Python threads (one LAPACK thread each) give the one-call values."""
+    k = torch.randn(5, 4, 5, 5, generator=gen(8), dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = conv_grid_bound(k, rtol=1e-3)
+        torch.set_num_threads(3)
+        several = conv_grid_bound(k, rtol=1e-3)
+        assert torch.get_num_threads() == 3  # restored after the one-thread LAPACK section
+    finally:
+        torch.set_num_threads(threads)
+    assert float(one) == float(several)
