@@ -305,9 +305,9 @@ def test_bonferroni_counterexample_exact(criterion):
     """The counter-example of arXiv 2504.02412: p = (0.5, 0.05, 0.45), n = 10, alpha = 0.05, top class selected on
     the same samples. Our exact numbers (checked against an independent enumeration of all 3^10 sequences):
     bounds: Bonferroni 0.98041, uncorrected 0.95339; radius: Bonferroni 0.98476, uncorrected 0.97306.
-    The [C] numbers of that paper (0.99966 / 0.78902; 1.0 / 0.92125) are not reproduced by any reading tried
-    (see the notebook 06_bridging_gap); with Clopper–Pearson the uncorrected certificate stays >= 0.95
-    here."""
+    The [C] numbers of that paper (0.99966 / 0.78902; 1.0 / 0.92125) measure another event, the one of the
+    official counter_example.py (tests/test_counterexample.py); under these criteria the uncorrected
+    Clopper–Pearson certificate stays >= 0.95 here."""
     probs, n, alpha = [0.5, 0.05, 0.45], 10, 0.05
     expected = {"bounds": (0.98041, 0.95339), "radius": (0.98476, 0.97306)}[criterion]
     for method, side_alpha, value in (

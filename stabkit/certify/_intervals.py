@@ -27,8 +27,15 @@ Note [max of upper bounds]
     union over classes. Two events can fail (``p_a`` and ``high_{B*}``), so ``beta = alpha / 2`` gives a
     certificate at level ``alpha`` (method ``"max_upper"``). Dividing by ``C`` (``"bonferroni"``) or by the
     number of buckets (``"cpm"``) is valid too, but more than this protocol needs. Without any division
-    (``"uncorrected"``) the two failure events add up to as much as ``2 alpha``. This argument is ours
-    (stabkit), not the thesis's; the tests check it by exact enumeration over random probability vectors.
+    (``"uncorrected"``) the two failure events add up to as much as ``2 alpha``. Formally: conditionally on the
+    selection samples, ``top`` and ``B*`` are fixed, the estimation counts are independent of them, and
+    ``P(p_a > p_top or p_b < p_{B*}) <= P(low_top > p_top) + P(high_{B*} < p_{B*}) <= alpha/2 + alpha/2``;
+    averaging over the selection keeps the bound. Cohen's radius is increasing in ``p_a`` and decreasing in
+    ``p_b``, so on that event the certified radius is at most the true one. Caveat: with the top class chosen
+    on the *same* samples, ``top`` is random and the bound on ``p_a`` must hold for whichever class wins (Note
+    [selection on the same samples]); ``alpha / 2`` is then not enough in general. This argument is ours
+    (stabkit), not the thesis's; the tests check it by exact enumeration over random and adversarial
+    probability vectors, against an independent enumeration with scipy's multinomial and beta quantiles.
 """
 
 from __future__ import annotations

@@ -12,6 +12,44 @@ Note [the ramp is the worst case]
     about the gradient of ``f_s`` is a 1-D question about ``E[m'(t)]`` over such ``m``, and the answers below
     are attained by a 1-D ramp ``m(t) = clip(L (t - s0), 0, r)`` lifted to ``f(x) = m(<x, u>)``, so they are
     exact.
+
+Note [proof of the Lipschitz-aware radii]
+    Setting: every class score ``f_c: R^d -> [0, 1]`` is ``L``-Lipschitz (l2), ``p_c(x) = E f_c(x + delta)``,
+    ``delta ~ N(0, sigma^2 I)``; ``p_a <= p_A(x)`` and ``p_b >= p_c(x)`` for every ``c != A``. Write
+    ``psi(s) = E clip(L (t - s), 0, 1)``, ``t ~ N(0, sigma^2)`` (the smoothed ramp of offset ``s``; strictly
+    decreasing from 1 to 0, smooth), ``s0 = psi^{-1}`` (:func:`ramp_offset`) and ``G(p) = -psi'(s0(p)) = L
+    (Phi((s0 + 1/L)/sigma) - Phi(s0/sigma))``, the slope of the ramp at value ``p``.
+
+    Lemma 1 (1-D). If ``m: R -> [0, 1]`` is ``L``-Lipschitz and ``E m(t) = p``, then ``|E m'(t)| <= G(p)``.
+    Proof: ``E m'(t) = E[m(t) t] / sigma^2`` (Gaussian integration by parts). Let ``h(t) = clip(L (t - s0(p)),
+    0, 1)``, so ``E h = p``, and ``D = h - m``. On ``t <= s0`` ``D = -m <= 0``; on ``t >= s0 + 1/L`` ``D = 1 -
+    m >= 0``; in between ``D' = L - m' >= 0``. So ``D`` changes sign once, at some ``c``, from ``<= 0`` to
+    ``>= 0``, hence ``D(t) (t - c) >= 0`` everywhere and ``E[D t] = E[D (t - c)] + c E[D] >= 0``: ``E m' <=
+    E h' = G(p)``. The mirror image ``t -> -t`` (which preserves the Gaussian) gives ``E m' >= -G(p)``.
+
+    Lemma 2 (``R^d``). ``|grad p_c(x)| <= G(p_c(x))``. Proof: ``G`` is concave on ``[0, 1]`` (``G(0) = G(1) =
+    0``): ``dG/dp = -psi''/psi' = E[Z | a <= Z <= a + 1/(L sigma)] / sigma`` with ``a = s0(p)/sigma``, the mean
+    of a standard normal truncated to a window of fixed length, which decreases as the window moves left, i.e.
+    as ``p`` grows. For a unit ``u`` split ``delta = t u + delta_perp`` (Note [the ramp is the worst case]):
+    ``<grad p_c(x), u> = E_perp E_t m'(t)`` over sections ``m`` of values ``q = E_t m``, with ``E_perp q =
+    p_c(x)``; by Lemma 1 and Jensen, ``|.| <= E_perp G(q) <= G(p_c(x))``.
+
+    Theorem (integrated radius). Along ``x + t u``, ``q(t) = p_A(x + t u)`` satisfies ``q' >= -G(q)`` (Lemma
+    2), so ``d/dt s0(q(t)) = q' / psi'(s0(q)) = q' / (-G(q)) <= 1`` and ``s0(q(t)) <= s0(p_a) + t``: ``q(t)``
+    stays above ``psi(s0(p_a) + t)``, the worst-case ramp's trajectory. (If ``q`` reaches 1 anywhere, ``f_A = 1``
+    everywhere and there is nothing to prove.) Likewise every other class satisfies ``s0(p_c(x + t u)) >=
+    s0(p_b) - t``. So ``p_A > p_c`` on the whole ball ``|t| < (s0(p_b) - s0(p_a)) / 2`` (``radius_multi_lip``,
+    ``"integrated"``), and ``p_A > 1/2`` on ``|t| < s0(1/2) - s0(p_a)`` (``radius_mono_lip``); the lifted ramp
+    attains the latter, so the mono radius is the exact worst case.
+
+    Corollaries. (i) The paper's ``"local"`` radii are below the integrated ones: in ``z = Phi^{-1}(p)``, the
+    integrated distance from ``p_a`` to 1/2 is ``∫_0^{z_a} dz / L_loc(Phi(z))``, and ``L_loc`` increases with
+    ``|p - 1/2|`` (checked numerically in the tests), so it is ``>= z_a / L_loc(p_a)``; the same comparison on
+    the ``p_b`` side gives the multi-class case. So the paper's radii are valid as well. (ii) Both are ``>=``
+    Cohen's: ``G(p) <= phi(Phi^{-1}(p)) / sigma`` (the Lipschitz class is a subset of all ``[0, 1]``-valued
+    functions, whose worst case is the half-space), so ``∫ dp / G >= ∫ sigma dp / phi(Phi^{-1}(p)) = sigma
+    Phi^{-1}(p_a)``. The radii certify the *smoothed soft* classifier ``argmax_c p_c``; the radius is monotone in
+    ``p_a`` (up) and ``p_b`` (down), so confidence bounds give a certificate at their confidence level.
 """
 
 from __future__ import annotations
@@ -159,9 +197,13 @@ def ramp_offset(p: object, *, sigma: float, lipschitz: object) -> np.ndarray | f
 
 
 def _local_lipschitz(p: np.ndarray, s0: np.ndarray, sigma: float, lip: np.ndarray) -> np.ndarray:
-    # steepest slope of the smoothed ramp (probability per unit of input), over the slope of Phi^{-1}
-    slope = lip * (special.ndtr((s0 + 1.0 / lip) / sigma) - special.ndtr(s0 / sigma))
-    return slope / stats.norm.pdf(special.ndtri(p))
+    # steepest slope of the smoothed ramp (probability per unit of input), over the slope of Phi^{-1}.
+    # Phi(b) - Phi(a) = Phi(-a) - Phi(-b): take the side where both terms are small (for p < 1/2 the window lies
+    # right of 0, where Phi(b) - Phi(a) cancels to 0 in float64 and would make the radius infinite)
+    a, b = s0 / sigma, (s0 + 1.0 / lip) / sigma
+    right = a + b > 0
+    mass = np.where(right, special.ndtr(-a) - special.ndtr(-b), special.ndtr(b) - special.ndtr(a))
+    return lip * mass / stats.norm.pdf(special.ndtri(p))
 
 
 def local_lipschitz(p: object, *, sigma: float, lipschitz: object) -> np.ndarray | float:
@@ -207,7 +249,8 @@ def _lip_radius_one(p: np.ndarray, sigma: float, lip: np.ndarray, method: str) -
     out[cohen] = sigma * special.ndtri(p[cohen])
     lip_aware = inside & np.isfinite(lip)
     if lip_aware.any():
-        pin, lin = p[lip_aware], lip[lip_aware]
+        # below 1e-300 the Gaussian tails underflow; raising p there lowers the multi-class radius (conservative)
+        pin, lin = np.maximum(p[lip_aware], 1e-300), lip[lip_aware]
         s0 = _solve_ramp_offset(pin, sigma, lin)
         if method == "local":
             out[lip_aware] = special.ndtri(pin) / _local_lipschitz(pin, s0, sigma, lin)
@@ -223,7 +266,8 @@ def radius_mono_lip(p_a: object, *, sigma: float, lipschitz: object, method: Lip
     ``"local"`` (the paper's formula, default): ``Phi^{-1}(p_a) / L_loc(p_a)`` with :func:`local_lipschitz`.
     ``"integrated"``: ``s0(1/2) - s0(p_a)`` (:func:`ramp_offset`), the distance over which the worst-case
     ramp's smoothed probability falls from ``p_a`` to ``1/2``; it integrates the local constant along the path
-    instead of freezing it at ``p_a``, so it is ``>=`` the local radius (and exact for the ramp). Both are ``>=``
+    instead of freezing it at ``p_a``, so it is ``>=`` the local radius (and exact for the ramp; proof: Note [proof
+    of the Lipschitz-aware radii]). Both are ``>=``
     Cohen's :func:`radius_mono` and tend to it as ``L -> inf`` (``math.inf`` returns Cohen's radius). Abstain
     when ``<= 0``.
 
@@ -257,7 +301,8 @@ def radius_multi_lip(
     """Lipschitz-aware two-class radius: ``1/2 (Phi^{-1}(p_a)/L_loc(p_a) - Phi^{-1}(p_b)/L_loc(p_b))``.
 
     ``"integrated"`` gives ``(s0(p_b) - s0(p_a)) / 2``: the top class's score falls and the runner-up's rises at
-    their worst-case rates until they meet. With ``p_b = 1 - p_a`` both reduce to :func:`radius_mono_lip`;
+    their worst-case rates until they meet (Note [proof of the Lipschitz-aware radii]). With ``p_b = 1 - p_a`` both
+    reduce to :func:`radius_mono_lip`;
     ``math.inf`` gives Cohen's :func:`radius_multi`.
 
     Args:
