@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=args.progress,
         )
         path = write_report(args.scale, output_dir)
-        print(f"report: {path.relative_to(repo_root())}", file=sys.stderr)
+        print(f"report: {_shown(path)}", file=sys.stderr)
     except ReproductionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
     print(results_table(results))
     return 0
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the repository when inside it (``--output-dir`` may point anywhere)."""
+    return path.relative_to(repo_root()) if path.is_relative_to(repo_root()) else path
 
 
 def _terminate(signum, frame):
@@ -533,10 +538,18 @@ def _verdict_summary(manifest: dict, claims: dict, provenance: dict, scale: str)
         cells = [str(verdicts.count(v)) if verdicts else "—" for v in _SHORT_VERDICTS]
         lines.append(_md_row([f"[`{e.id}`](#{e.id})", e.chapter, *cells]))
     walls = {nb: rec.get("wall_time_s") for nb, rec in provenance.items() if rec.get("wall_time_s") is not None}
+    cpus = {nb: rec.get("cpu_time_s") for nb, rec in provenance.items() if rec.get("cpu_time_s") is not None}
     if walls:
         total = sum(walls.values())
-        per = ", ".join(f"{nb} {w:.0f} s" for nb, w in sorted(walls.items()))
-        lines += ["", f"Notebook wall time at `{scale}` (provenance records): {total / 60:.1f} min in all ({per})."]
+        per = ", ".join(
+            f"{nb} {w:.0f} s" + (f" (CPU {cpus[nb]:.0f} s)" if nb in cpus else "") for nb, w in sorted(walls.items())
+        )
+        cpu = f"; CPU time {sum(cpus.values()) / 60:.1f} min" if len(cpus) == len(walls) else ""
+        lines += [
+            "",
+            f"Notebook time at `{scale}` (provenance records): wall {total / 60:.1f} min in all{cpu} ({per}). The CPU "
+            "time of a notebook's kernel is what it costs on a quiet machine; the wall time grows with other load.",
+        ]
     return lines
 
 

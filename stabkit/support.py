@@ -487,6 +487,7 @@ class Context:
         self._claims: dict[tuple[str, str], Claim] = {}
         self._run_info: dict[str, Any] | None = None
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()  # CPU time of the kernel, all threads: the cost on a quiet machine
 
     @property
     def figures_dir(self) -> Path:
@@ -709,6 +710,7 @@ class Context:
             "outputs": self._outputs,
             **self._run_info,
             "wall_time_s": round(time.perf_counter() - self._start, 1),
+            "cpu_time_s": round(time.process_time() - self._cpu_start, 1),
         }
         _atomic_write(
             self.figures_dir / f"{self.notebook}.provenance.json", (json.dumps(record, indent=1) + "\n").encode()

@@ -9,6 +9,7 @@ from torch import nn
 
 from stabkit import norms
 from stabkit.losses import (
+    PENALTY_METHODS,
     SLL_OFFSET,
     layer_spectral_bounds,
     lipschitz_penalty,
@@ -68,20 +69,22 @@ def test_offset_cross_entropy_tends_to_a_hinge_as_temperature_vanishes():
     torch.testing.assert_close(offset_cross_entropy(logits, labels, temperature=1e-4), hinge, rtol=1e-3, atol=1e-3)
 
 
-def _small_cnn():
-    torch.manual_seed(0)  # init of the test network only; the library never seeds
+def _cnn(seed=0, channels=(1, 4, 6), num_classes=10):
+    """conv 3×3 → ReLU → strided conv 3×3 → ReLU → linear, for 8×8 inputs, in float64."""
+    c_in, c1, c2 = channels
+    torch.manual_seed(seed)  # init of the test network only; the library never seeds
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
+        nn.Conv2d(c_in, c1, 3, padding=1),
         nn.ReLU(),
-        nn.Conv2d(4, 6, 3, padding=1, stride=2),
+        nn.Conv2d(c1, c2, 3, padding=1, stride=2),
         nn.ReLU(),
         nn.Flatten(),
-        nn.Linear(6 * 4 * 4, 10),
+        nn.Linear(c2 * 4 * 4, num_classes),
     ).double()
 
 
 def test_layer_bounds_are_upper_bounds_of_the_exact_operator_norms():
-    model = _small_cnn()
+    model = _cnn()
     bounds = layer_spectral_bounds(model)
     assert list(bounds) == ["0", "2", "5"]
     # exact operator norms on the 8×8 input (explicit zero-padding matrices; stride 2 included)
@@ -106,7 +109,7 @@ def test_layer_bounds_are_upper_bounds_of_the_exact_operator_norms():
 
 
 def test_lipschitz_penalty_matches_relu_of_bounds_and_its_gradient():
-    model = _small_cnn()
+    model = _cnn()
     with torch.no_grad():
         model[5].weight.mul_(0.01)  # this layer is far below 1: no penalty, no gradient
     exact_bound = lambda m, n_iter: torch.linalg.matrix_norm(m.weight.flatten(1), 2)
@@ -121,7 +124,7 @@ def test_lipschitz_penalty_matches_relu_of_bounds_and_its_gradient():
 
 
 def test_penalty_descent_brings_every_layer_bound_below_threshold():
-    model = _small_cnn()
+    model = _cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     for _ in range(60):
         opt.zero_grad()
@@ -151,19 +154,9 @@ def test_loss_bad_input():
 
 # --- each bound method as the regulariser (Note [penalty methods]) ---------------------------------------------
 
-from stabkit.losses import PENALTY_METHODS  # noqa: E402
-
 
 def _strided_cnn(seed):
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 3, 3, padding=1, stride=2),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(3 * 4 * 4, 5),
-    ).double()
+    return _cnn(seed, channels=(2, 4, 3), num_classes=5)
 
 
 def _exact_norms(model, size=8):

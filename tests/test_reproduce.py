@@ -72,6 +72,10 @@ def test_output_dir_takes_the_outputs_and_the_report(scratch, capsys):
     assert (scratch / "figures" / "gpu" / "tiny-table.csv").read_bytes() == b"n,seed\n4,0\n"
     assert (scratch / "figures" / "gpu" / "REPORT.md").exists()
     assert not (scratch / "figures" / "full").exists()
+    outside = tempfile.mkdtemp()  # a folder outside the repository works too
+    assert reproduce.main(["--output-dir", outside]) == 0
+    assert (Path(outside) / "REPORT.md").exists()
+    shutil.rmtree(outside)
     assert reproduce.main(["--check", "--output-dir", "x"]) == 1
     assert "--output-dir writes a new run" in capsys.readouterr().err
 
@@ -249,7 +253,7 @@ def test_report_has_the_claims_escaped_and_the_provenance(scratch):
     )
     assert "Claims: 1 not significant at this scale, 1 reproduced." in report
     assert "| [`tiny-table`](#tiny-table) | 0 | 1 | 1 | 0 | 0 |" in report  # the verdicts-by-entry overview
-    assert "Notebook wall time at `ci` (provenance records):" in report
+    assert "Notebook time at `ci` (provenance records): wall" in report and "CPU time" in report
     assert "Provenance: 00_tiny at commit" in report and "numpy " in report
     # the claims also leave the notebook as data
     claims = (scratch / "figures" / "ci" / "00_tiny.claims.csv").read_text()
