@@ -13,18 +13,14 @@ last one is ``classifier`` (activation decay and the last-layer tools find it by
 :class:`LipschitzNet` they initialise exactly like torch's own layers, i.e. from torch's global RNG: build them
 inside ``with ctx.seeded("<key>/init"):`` in a notebook (or after ``torch.manual_seed`` in a test).
 
-Trained runs on disk: :func:`load_runs` reads the networks that ``python -m stabkit.train_net`` writes (one run
-folder per layer type and seed) and :func:`run_data` rebuilds the data split each was trained on.
+Trained runs on disk (``python -m stabkit.train_net``) are read by :func:`stabkit.train_net.load_runs`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 from collections import OrderedDict
-from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -508,100 +504,3 @@ def small_resnet(in_channels: int, num_classes: int, *, width: int, dropout: flo
         modules.append((f"stage{i}", nn.Sequential(BasicBlock(c_in, c_out, s), BasicBlock(c_out, c_out, 1))))
     modules += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())]
     return _head(modules, 4 * w, num_classes, dropout)
-
-
-# ------------------------------------------------------------------------------------- trained runs on disk
-class TrainedRun(NamedTuple):
-    """A network written by ``python -m stabkit.train_net`` and the configuration it was trained with."""
-
-    model: nn.Module
-    config: dict
-
-
-def run_folder(arch: str, seed: int) -> str:
-    """Name of the run folder of ``arch`` trained from ``seed``: ``"<arch>-seed<seed>"`` (see :func:`load_runs`)."""
-    return f"{arch}-seed{int(seed)}"
-
-
-def load_runs(
-    root: str | os.PathLike,
-    archs: Sequence[str],
-    seeds: Sequence[int],
-    *,
-    dataset: str,
-    device: torch.device | str = "cpu",
-) -> dict[tuple[str, int], TrainedRun]:
-    """Load the networks of a set of ``python -m stabkit.train_net`` runs, one per (layer type, seed).
-
-    Run ``(arch, seed)`` lives in ``root/<arch>-seed<seed>/`` (:func:`run_folder`), written by
-    ``python -m stabkit.train_net --arch <arch> --seed <seed> --dataset <dataset> --out root/<arch>-seed<seed>``
-    (docs/full-scale.md gives the protocol options). Every file is checked before any is used: a missing one, or
-    one trained with another architecture, seed or data set, is an error.
-
-    Args:
-        root: the folder of the runs.
-        archs: layer types (``--arch``), e.g. ``("cpl", "sll")``.
-        seeds: root seeds (``--seed``) of the runs.
-        dataset: the data set the runs must have been trained on (``--dataset``).
-        device: where to load the networks.
-
-    Returns:
-        ``{(arch, seed): TrainedRun(model, config)}``, the models in eval mode; ``config`` is the run's
-        configuration (see :func:`stabkit.train_net.load_trained`), whose ``seed``, ``dataset`` and ``n_train``
-        give its data split (:func:`run_data`).
-
-    Raises:
-        FileNotFoundError: ``root`` or some ``model.pt`` is missing (the message gives the commands that write them).
-        ValueError: a run was trained with another architecture, seed or data set than asked for.
-    """
-    from stabkit.train_net import load_trained
-
-    root = Path(root)
-    wanted = [(str(a), int(s)) for a in archs for s in seeds]
-    if not wanted:
-        raise ValueError("archs and seeds must name at least one run")
-    missing = [(a, s) for a, s in wanted if not (root / run_folder(a, s) / "model.pt").is_file()]
-    if missing:
-        commands = "\n".join(
-            f"  python -m stabkit.train_net --dataset {dataset} --arch {a} --seed {s} --out {root / run_folder(a, s)}"
-            for a, s in missing
-        )
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(wanted)} trained runs missing under {root} (no <run>/model.pt); write them with\n"
-            f"{commands}\n(add the protocol's options, docs/full-scale.md; under torchrun for several GPUs)"
-        )
-    runs = {}
-    for a, s in wanted:
-        path = root / run_folder(a, s) / "model.pt"
-        model, config = load_trained(path, device)
-        got = {"arch": config.get("arch"), "seed": config.get("seed"), "dataset": config.get("dataset")}
-        if got != {"arch": a, "seed": s, "dataset": dataset}:
-            raise ValueError(f"{path} was trained with {got}, expected arch={a!r}, seed={s}, dataset={dataset!r}")
-        runs[a, s] = TrainedRun(model, config)
-    return runs
-
-
-def run_data(config: dict, *, root: str | os.PathLike = "data", download: bool = False):
-    """The data split a ``python -m stabkit.train_net`` run trained on (its train and test parts).
-
-    Data sets without an official split (digits, ``mnist-test``, the synthetic ones) are split by a generator that
-    ``train_net`` derives from the run's seed: a notebook evaluating a loaded run must use this split, not its
-    own, or its test points may be training points of the run.
-
-    Args:
-        config: a run's configuration (:class:`TrainedRun` ``.config``).
-        root, download: as :func:`stabkit.data.load`.
-
-    Returns:
-        The :class:`stabkit.data.Dataset` of the run.
-    """
-    from stabkit import data
-    from stabkit.train_net import derived_generator
-
-    return data.load(
-        config["dataset"],
-        root=root,
-        download=download,
-        n_train=config["n_train"],
-        generator=derived_generator(config["seed"], "data"),
-    )

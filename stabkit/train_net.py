@@ -12,6 +12,10 @@ notebook's base classifier). ``--sigma`` trains under Gaussian noise (the base c
 smoothing). The defaults are the SLL paper's CIFAR-10 protocol (Adam with betas (0.5, 0.9), peak lr 0.01,
 triangular schedule, batch 256, offset cross-entropy); the CPL protocol is ``--arch cpl --epochs 200 --lr 1e-3
 --betas 0.9 0.999 --loss hinge``.
+
+Reading runs back: :func:`load_runs` loads the networks of a set of runs (one folder per layer type and seed,
+:func:`run_folder`) and :func:`run_data` rebuilds the data split each was trained on; the full-scale notebooks use
+them (``-p checkpoints=...``).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import argparse
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -187,6 +192,100 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"wrote {model_path} (test accuracy {config['test_accuracy']:.4f})")
     distributed.barrier()
     return model_path
+
+
+# ------------------------------------------------------------------------------------- trained runs on disk
+class TrainedRun(NamedTuple):
+    """A network written by ``python -m stabkit.train_net`` and the configuration it was trained with."""
+
+    model: nn.Module
+    config: dict
+
+
+def run_folder(arch: str, seed: int) -> str:
+    """Name of the run folder of ``arch`` trained from ``seed``: ``"<arch>-seed<seed>"`` (see :func:`load_runs`)."""
+    return f"{arch}-seed{int(seed)}"
+
+
+def load_runs(
+    root: str | os.PathLike,
+    archs: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    dataset: str,
+    device: torch.device | str = "cpu",
+) -> dict[tuple[str, int], TrainedRun]:
+    """Load the networks of a set of ``python -m stabkit.train_net`` runs, one per (layer type, seed).
+
+    Run ``(arch, seed)`` lives in ``root/<arch>-seed<seed>/`` (:func:`run_folder`), written by
+    ``python -m stabkit.train_net --arch <arch> --seed <seed> --dataset <dataset> --out root/<arch>-seed<seed>``
+    (docs/full-scale.md gives the protocol options). Every file is checked before any is used: a missing one, or
+    one trained with another architecture, seed or data set, is an error.
+
+    Args:
+        root: the folder of the runs.
+        archs: layer types (``--arch``), e.g. ``("cpl", "sll")``.
+        seeds: root seeds (``--seed``) of the runs.
+        dataset: the data set the runs must have been trained on (``--dataset``).
+        device: where to load the networks.
+
+    Returns:
+        ``{(arch, seed): TrainedRun(model, config)}``, the models in eval mode; ``config`` is the run's
+        configuration (see :func:`load_trained`), whose ``seed``, ``dataset`` and ``n_train``
+        give its data split (:func:`run_data`).
+
+    Raises:
+        FileNotFoundError: ``root`` or some ``model.pt`` is missing (the message gives the commands that write them).
+        ValueError: a run was trained with another architecture, seed or data set than asked for.
+    """
+    root = Path(root)
+    wanted = [(str(a), int(s)) for a in archs for s in seeds]
+    if not wanted:
+        raise ValueError("archs and seeds must name at least one run")
+    missing = [(a, s) for a, s in wanted if not (root / run_folder(a, s) / "model.pt").is_file()]
+    if missing:
+        commands = "\n".join(
+            f"  python -m stabkit.train_net --dataset {dataset} --arch {a} --seed {s} --out {root / run_folder(a, s)}"
+            for a, s in missing
+        )
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(wanted)} trained runs missing under {root} (no <run>/model.pt); write them with\n"
+            f"{commands}\n(add the protocol's options, docs/full-scale.md; under torchrun for several GPUs)"
+        )
+    runs = {}
+    for a, s in wanted:
+        path = root / run_folder(a, s) / "model.pt"
+        model, config = load_trained(path, device)
+        got = {"arch": config.get("arch"), "seed": config.get("seed"), "dataset": config.get("dataset")}
+        if got != {"arch": a, "seed": s, "dataset": dataset}:
+            raise ValueError(f"{path} was trained with {got}, expected arch={a!r}, seed={s}, dataset={dataset!r}")
+        runs[a, s] = TrainedRun(model, config)
+    return runs
+
+
+def run_data(config: dict, *, root: str | os.PathLike = "data", download: bool = False):
+    """The data split a ``python -m stabkit.train_net`` run trained on (its train and test parts).
+
+    Data sets without an official split (digits, ``mnist-test``, the synthetic ones) are split by a generator that
+    ``train_net`` derives from the run's seed: a notebook evaluating a loaded run must use this split, not its
+    own, or its test points may be training points of the run.
+
+    Args:
+        config: a run's configuration (:class:`TrainedRun` ``.config``).
+        root, download: as :func:`stabkit.data.load`.
+
+    Returns:
+        The :class:`stabkit.data.Dataset` of the run.
+    """
+    from stabkit import data
+
+    return data.load(
+        config["dataset"],
+        root=root,
+        download=download,
+        n_train=config["n_train"],
+        generator=derived_generator(config["seed"], "data"),
+    )
 
 
 if __name__ == "__main__":

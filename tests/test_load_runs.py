@@ -1,14 +1,14 @@
 """Loading the runs that ``python -m stabkit.train_net`` writes (the notebooks' ``-p checkpoints=…`` path):
-``stabkit.models.load_runs`` and ``run_data`` on tiny digits runs trained by the command line itself."""
+``stabkit.train_net.load_runs`` and ``run_data`` on tiny digits runs trained by the command line itself."""
 
 import shutil
 
 import pytest
 import torch
 
-from stabkit.models import LipschitzNet, load_runs, run_data, run_folder
+from stabkit.models import LipschitzNet
 from stabkit.train import accuracy
-from stabkit.train_net import load_trained
+from stabkit.train_net import load_runs, load_trained, run_data, run_folder
 from stabkit.train_net import main as train_main
 
 ARCHS, SEEDS = ("sll", "cpl"), (0, 1)
