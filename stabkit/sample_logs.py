@@ -128,8 +128,13 @@ def log_name(dataset: str, net: str, sigma: float) -> str:
     return f"{dataset}-{net}-sigma{float(sigma)}.npz"
 
 
+def _model_folder(checkpoints: str | Path, net: str, sigma: float) -> Path:
+    """Where ``python -m stabkit.train_net`` wrote base network ``net`` trained at noise ``sigma``."""
+    return Path(checkpoints) / f"{net}-sigma{float(sigma)}"
+
+
 def _sample_command(path: Path, net: str, sigma: float, *, checkpoints, n0, n, every, n_points, lvm) -> str:
-    model = Path(checkpoints) / f"{net}-sigma{float(sigma)}" / "model.pt"
+    model = _model_folder(checkpoints, net, sigma) / "model.pt"
     return (
         f"python -m stabkit.sample_logs --model {model} --sigma {float(sigma)} --n0 {n0} --n-samples {n} "
         f"--every {every} --n-points {n_points}{' --lvm' if lvm else ''} --out {path}"
@@ -223,7 +228,7 @@ def load_base_model(checkpoints: str | Path, net: str, sigma: float, *, dataset:
     """
     from stabkit.train_net import load_trained
 
-    run = Path(checkpoints) / f"{net}-sigma{float(sigma)}"
+    run = _model_folder(checkpoints, net, sigma)
     path = run / "model.pt"
     if not path.is_file():
         raise FileNotFoundError(

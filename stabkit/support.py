@@ -991,9 +991,6 @@ def _quiet_profiler():
     tracked (expected here: see :func:`peak_memory`), both on the process's file descriptors 1 and 2 (which a
     notebook kernel shows), so they are redirected to a temporary file for the duration.
     """
-    import sys
-    import tempfile
-
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
