@@ -352,6 +352,10 @@ def bootstrap_interval(
 ) -> tuple[float, float]:
     """Bootstrap confidence interval of ``statistic(samples)`` (BCa, percentile where BCa is undefined).
 
+    Memory stays bounded for large samples (resamples and the BCa jackknife are evaluated in batches: 50 000
+    samples peak at 0.4 GB instead of 18 GB); the time of BCa's jackknife grows as n² (n statistics of n − 1
+    samples; 50 000 samples of the mean: ~30 s on one core).
+
     Args:
         samples: one-dimensional finite samples (at least 2).
         statistic: a function of a 1-D array (``numpy.mean`` when ``None``); it may take ``axis``.
@@ -383,6 +387,9 @@ def bootstrap_interval(
         return v, v
     import warnings
 
+    # resamples (and BCa's jackknife) in batches of ≤ 2^22 numbers: memory O(2^22), not O(n · max(n, n_resamples))
+    # (50 000 samples took 18 GB unbatched); scipy draws the same resamples whatever the batch
+    batch = max(1, (1 << 22) // x.size)
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # BCa on degenerate resamples warns and returns NaN: fall back
@@ -391,6 +398,7 @@ def bootstrap_interval(
                 statistic,
                 confidence_level=confidence,
                 n_resamples=n_resamples,
+                batch=batch,
                 method=method,
                 rng=np.random.default_rng(seed),
             )

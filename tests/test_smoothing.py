@@ -59,7 +59,7 @@ def test_linear_radius_never_exceeds_distance(exact_linear):
     n_certified, n_failed = 0, 0
     for seed in seeds:
         lin = _linear(d, seed)
-        model = lin if exact_linear else torch.nn.Sequential(lin)  # Sequential forces the generic noise path
+        model = lin if exact_linear else torch.nn.Sequential(lin)  # exact_linear=False: the generic noise path
         x = _points(d, 40, seed)
         smooth = Smooth(model, 2, sigma, exact_linear=exact_linear)
         log = smooth.sample(x, n0=100, n=n, batch_size=512, generator=torch.Generator().manual_seed(seed))
@@ -185,11 +185,47 @@ def test_exact_linear_path_samples_the_generic_distribution():
     x = _points(3, 4, 5, scale=0.3)
     n = 40_000
     exact = Smooth(lin, 4, 0.7).sample(x, n0=0, n=n, generator=torch.Generator().manual_seed(0))
-    generic = Smooth(torch.nn.Sequential(lin), 4, 0.7).sample(x, n0=0, n=n, generator=torch.Generator().manual_seed(1))
+    generic_smooth = Smooth(lin, 4, 0.7, exact_linear=False)
+    generic = generic_smooth.sample(x, n0=0, n=n, generator=torch.Generator().manual_seed(1))
     p = (exact.counts_estimation + generic.counts_estimation) / (2 * n)
     diff = np.abs(exact.counts_estimation - generic.counts_estimation)
     assert np.all(diff <= 5 * np.sqrt(2 * n * p * (1 - p)) + 2)
     assert (p > 0.05).sum() >= 8  # several classes with real mass were compared
+
+
+def test_affine_sequentials_take_the_exact_path_with_the_generic_distribution():
+    # a Sequential of Flatten / Linear / Identity is affine: its logits are drawn in logit space with the
+    # product of its weights; the class frequencies match the generic path's within binomial error
+    g = torch.Generator().manual_seed(7)
+    first, second = torch.nn.Linear(12, 6), torch.nn.Linear(6, 4)
+    for layer in (first, second):
+        torch.nn.init.normal_(layer.weight, generator=g)
+        torch.nn.init.normal_(layer.bias, std=0.3, generator=g)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Sequential(first, torch.nn.Identity()), second)
+    x = 0.1 * torch.randn(3, 1, 3, 4, generator=g)
+    exact = Smooth(model, 4, 0.4)
+    assert exact.exact_linear
+    n = 40_000
+    a = exact.sample(x, n0=0, n=n, generator=torch.Generator().manual_seed(0))
+    b = Smooth(model, 4, 0.4, exact_linear=False).sample(x, n0=0, n=n, generator=torch.Generator().manual_seed(1))
+    p = (a.counts_estimation + b.counts_estimation) / (2 * n)
+    diff = np.abs(a.counts_estimation - b.counts_estimation)
+    assert np.all(diff <= 5 * np.sqrt(2 * n * p * (1 - p)) + 2)
+    assert (p > 0.05).sum() >= 6
+    # not affine, or not recognisably so: the generic path
+    lin = torch.nn.Linear(4, 3)
+    for other in (
+        torch.nn.Sequential(lin, torch.nn.ReLU()),
+        torch.nn.Sequential(lin, torch.nn.Flatten()),  # a Flatten after a Linear
+        torch.nn.Sequential(torch.nn.Flatten(start_dim=2), lin),
+        torch.nn.Sequential(torch.nn.Identity()),  # no Linear
+        torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Linear(6, 3)),  # sizes do not chain
+        torch.nn.Conv2d(1, 3, 1),
+    ):
+        assert not Smooth(other, 3, 0.5).exact_linear, other
+    # an input whose size is not the first layer's: the generic path, whose forward reports the mismatch
+    with pytest.raises(RuntimeError):
+        Smooth(lin, 3, 0.5).sample(torch.zeros(2, 5), n0=0, n=10)
 
 
 def test_merge_logs_checks_coverage_and_settings(tmp_path):

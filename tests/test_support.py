@@ -320,6 +320,18 @@ def test_bootstrap_interval_is_seeded_and_covers_the_mean():
             support.bootstrap_interval(bad, seed=0)
 
 
+def test_bootstrap_interval_is_batched_and_equals_scipys_unbatched_interval():
+    # batches of ≤ 2^22 numbers bound the memory of BCa's jackknife (O(n²) unbatched); at n = 5 000 the batch is
+    # 838 resamples, and scipy's interval is the same as in one batch
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    x = np.random.default_rng(3).exponential(size=5000)
+    ref = bootstrap((x,), np.mean, n_resamples=2000, method="BCa", rng=np.random.default_rng(4))
+    ours = support.bootstrap_interval(x, seed=4)
+    assert ours == (float(ref.confidence_interval.low), float(ref.confidence_interval.high))
+
+
 def test_seed_interval_is_mean_and_range():
     assert support.seed_interval([1.0, 2.0, 6.0]) == (3.0, (1.0, 6.0))
     assert support.seed_interval([0.5]) == (0.5, (0.5, 0.5))

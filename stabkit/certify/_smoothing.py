@@ -206,6 +206,41 @@ def _check_indices(indices, n_points: int) -> np.ndarray:
     return arr
 
 
+def _affine_weight(model: object) -> Callable[[], torch.Tensor] | None:
+    """The linear part of an affine ``model``, or ``None`` when the model is not recognisably affine.
+
+    Affine means a ``torch.nn.Linear``, or a ``torch.nn.Sequential`` (nested or not) of ``Linear`` and
+    ``Identity`` modules, with ``Flatten(start_dim=1, end_dim=-1)`` modules at most in front of the first
+    ``Linear`` and chained layers' sizes matching. Returns a function giving the product ``W = W_k ⋯ W_1``
+    (C × d, float64) of the current weights (read at each call, so training in between is seen). Anything
+    else (activations, convolutions, dropout, custom modules) gives ``None``: the generic path.
+    """
+    layers: list[torch.nn.Linear] = []
+
+    def walk(m) -> bool:
+        if isinstance(m, torch.nn.Sequential):
+            return all(walk(child) for child in m)
+        if isinstance(m, torch.nn.Linear):
+            if layers and layers[-1].out_features != m.in_features:
+                return False
+            layers.append(m)
+            return True
+        if isinstance(m, torch.nn.Flatten):  # only in front of the first Linear, flattening each row whole
+            return not layers and (m.start_dim, m.end_dim) == (1, -1)
+        return isinstance(m, torch.nn.Identity)
+
+    if not walk(model) or not layers:
+        return None
+
+    def weight() -> torch.Tensor:
+        w = layers[0].weight.detach().to(torch.float64)
+        for layer in layers[1:]:
+            w = layer.weight.detach().to(torch.float64) @ w
+        return w
+
+    return weight
+
+
 class Smooth:
     """The Gaussian-smoothed classifier ``g(x) = argmax_c P_{δ~N(0,σ²I)}(f(x+δ) = c)`` of a base ``f``.
 
@@ -219,10 +254,14 @@ class Smooth:
             in eval mode while sampling and restored afterwards.
         num_classes: number of classes C.
         sigma: noise standard deviation σ.
-        exact_linear: if ``model`` is a ``torch.nn.Linear``, draw its noisy logits directly: ``W(x+δ) + b`` is
-            Gaussian with mean ``Wx + b`` and covariance ``σ² W Wᵀ``, and the argmax only sees the logits up to a
-            common shift, so C − 1 normal draws per sample replace d draws and a d×C product (same distribution
-            of counts and maps, different random numbers than the generic path).
+        exact_linear: if ``model`` is affine — a ``torch.nn.Linear``, or a ``torch.nn.Sequential`` (nested or
+            not) of ``Linear`` and ``Identity`` modules with ``Flatten()`` at most in front of the first
+            ``Linear`` — draw its noisy logits directly: ``W(x+δ) + b`` is Gaussian with mean ``Wx + b`` and
+            covariance ``σ² W Wᵀ``, and the argmax only sees the logits up to a common shift, so C − 1 normal
+            draws per sample replace d draws and the forward (same distribution of counts and maps, different
+            random numbers than the generic path). For a linear model the d draws cost several times its
+            forward pass, so only this path runs near the model's own throughput (``benchmarks/bench_certify.py``).
+            ``False`` forces the generic path; so does an input whose size is not the first layer's.
 
     Example:
         >>> smooth = Smooth(torch.nn.Linear(2, 3), num_classes=3, sigma=0.5)
@@ -243,7 +282,8 @@ class Smooth:
         self.model = model
         self.num_classes = check_positive_int("num_classes", num_classes, minimum=2)
         self.sigma = check_positive_float("sigma", sigma)
-        self.exact_linear = bool(exact_linear) and isinstance(model, torch.nn.Linear)
+        self._affine = _affine_weight(model) if exact_linear else None
+        self.exact_linear = self._affine is not None
 
     # ------------------------------------------------------------------ sampling
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,7 +310,7 @@ class Smooth:
         logits matter: their covariance ``σ² P W Wᵀ P`` has rank at most ``C − 1``, and C − 1 normal draws per
         sample give exactly the distribution of the argmax (and of the maps) of ``W(x + δ) + b``.
         """
-        weight = self.model.weight.detach().to(torch.float64)  # (C, d)
+        weight = self._affine()  # (C, d) float64, from the model's current parameters
         c = weight.shape[0]
         # orthonormal basis Q (C×(C−1)) of the complement of the all-ones vector
         ones = torch.ones(c, 1, dtype=torch.float64, device=weight.device) / c**0.5
@@ -286,7 +326,7 @@ class Smooth:
         """Feed ``n`` noisy samples of ``stage`` per point of ``x`` to ``accumulator`` (Note [noise stream])."""
         device, dtype = x.device, x.dtype
         gen = torch.Generator(device=device)
-        if self.exact_linear:
+        if self.exact_linear and self._affine().shape[1] == x[0].numel():
             clean, scaled_root = self._linear_root(x)  # (B, C), (C−1, C)
             rows = noise_block_rows(scaled_root.shape[0])
             for p, index in enumerate(indices.tolist()):
