@@ -92,15 +92,18 @@ def test_grid_bound_rejects_bad_rtol():
         conv_grid_bound(torch.ones(1, 1, 3, 3), rtol=0.0)
 
 
+@pytest.mark.parametrize("grad", [False, True])  # without autograd: scipy's FFT; with: torch.fft
 @pytest.mark.parametrize("shape", [(3, 2, 5, 5), (4, 4, 9, 9), (2, 3, 17, 17), (5, 1, 9, 5)])
-def test_self_correlation_frequency_matches_spatial(shape):
-    M = torch.randn(*shape, generator=gen(sum(shape)), dtype=torch.float64)
+def test_self_correlation_frequency_matches_spatial(shape, grad):
+    M = torch.randn(*shape, generator=gen(sum(shape)), dtype=torch.float64).requires_grad_(grad)
     h, w = shape[-2:]
-    ref = F.conv2d(M, M, padding=(h - 1, w - 1))
+    ref = F.conv2d(M, M, padding=(h - 1, w - 1)).detach()
     G, N, how = _self_correlation(M)
-    assert G.shape == ref.shape
+    assert G.shape == ref.shape and G.requires_grad == grad  # the torch paths keep the graph
+    G = G.detach()
     torch.testing.assert_close(G, ref, rtol=0, atol=1e-11 * ref.abs().max().item())
     sums, _, _ = _self_correlation(M, row_sums=True)
+    sums = sums.detach()
     ref_sums = ref.abs().sum(dim=(1, 2, 3))
     # whole-grid sums: the zero region adds only rounding, never less than the exact lags' sums
     assert torch.all(sums >= ref_sums * (1 - 1e-12))

@@ -17,7 +17,7 @@ from stabkit.norms._dense import (
     _tall,
     gram_iteration_bounds,
 )
-from stabkit.norms._grid import _SVD_SLACK
+from stabkit.norms._grid import _SVD_SLACK, _top_eigenvalues
 
 __all__ = ["NormBound", "spectral_norm_bound"]
 
@@ -63,9 +63,7 @@ def _exact_conv(kernel: torch.Tensor, size, stride) -> tuple[torch.Tensor, torch
     s = k.abs().amax()
     s = torch.where(s > 0, s, torch.ones_like(s))
     B = _tall(_dft_blocks(k / s, size, stride)).contiguous()  # float64 FFT: rounding ≲ 1e−13, in the slack
-    G = B.mH @ B
-    with _batched_lapack(G):  # Note [shared CPU] in _dense.py
-        sigma = torch.linalg.eigvalsh(G)[..., -1].amax().clamp_min(0).sqrt() * s
+    sigma = _top_eigenvalues(B.mH @ B).amax().clamp_min(0).sqrt() * s  # Note [shared CPU] in _dense.py
     return _round_up(sigma * _SVD_SLACK, kernel.dtype), _round_down(sigma / _SVD_SLACK, kernel.dtype)
 
 
