@@ -5,9 +5,11 @@ Run: ``PYTHONPATH=. python benchmarks/bench_norms.py [--full] [--threads N] [--d
 Prints one table per family (circular convolutions, dense matrices, kernel Gram iteration): each method's value,
 relative error to the float64 exact norm, median time, and the ratio of its time to the reference's; per precision
 level (1e-2, 1e-4, 1e-6 relative), stabkit's fastest certified upper bound against the fastest baseline reaching
-that precision, and ``spectral_norm_bound(method="auto")`` against the fastest certified stabkit method (target
-≤ 1.1×), re-timed as interleaved pairs (median of per-pair ratios, robust to a shared CPU's drifting load; the
-header and the footer print the load average). Then CPL's eval-time bound on a 128-channel 5×5 kernel (target
+that precision, and ``spectral_norm_bound(method="auto")`` against the fastest stabkit method that certifies the
+same precision (the exact norm with its slack, or Gram iteration stopped on its certified interval; target ≤ 1.1×;
+a fixed-T Gram iteration certifies its upper end but not its precision, and is printed beside) and against the
+fastest peer (target: never slower), re-timed as interleaved pairs (median of per-pair ratios, robust to a
+shared CPU's drifting load; the header and the footer print the load average). Then CPL's eval-time bound on a 128-channel 5×5 kernel (target
 < 1 s), the circular Gram iteration's forward + backward (autograd vs explicit backward, with the bytes saved
 for backward) and a shared-CPU table (one busy process per core, one thread vs one thread per core). ``--full``
 runs c up to 512 and dense 2048 (long on a CPU); ``--smoke`` tiny sizes in seconds (``gpu_check.py --smoke``).
@@ -199,27 +201,42 @@ def conv_rows(c, n, g, lip4conv, device="cpu", orthogonium=None):
     return rows
 
 
+# methods that certify their precision (the contract of spectral_norm_bound): the exact norm with its slack, and
+# Gram iteration stopped on its certified interval. A fixed-T Gram iteration certifies its upper end only; whether
+# it is within the level is known here from the float64 truth, not by the method.
+SAME_CONTRACT = ("stabkit exact certified", "stabkit GI interval")
+PEERS = ("orthogonium", "lip4conv")
+AUTO_COLUMNS = ["auto ms", "fastest same contract", "auto / it", "fixed-T GI (precision uncertified)", "auto / peer"]
+
+
 def auto_summary(rows, key):
-    """Per precision level: the method auto chose against the fastest certified stabkit method reaching that
-    precision (target ratio ≤ 1.1), re-timed as interleaved pairs (:func:`interleaved`): the ratio is the median of
-    the per-pair ratios.
+    """Per precision level: the method auto chose against the fastest stabkit method that certifies the same
+    precision (target ratio ≤ 1.1), re-timed as interleaved pairs (:func:`interleaved`: the median of the per-pair
+    ratios); beside it, the fastest fixed-T Gram iteration that happened to reach the level (its precision is not
+    certified) and the fastest peer (target: auto never slower).
     """
     out = []
     for level in LEVELS:
         auto = [r for r in rows if r["method"] == f"stabkit auto rtol={level:g}"]
         ours = [r for r in rows if r["who"] == "ours" and r["upper"] and 0 <= r["err"] <= level]
-        if not auto or not ours:
+        same = [r for r in ours if r["method"].startswith(SAME_CONTRACT)]
+        if not auto or not same:
             continue
-        best = min(ours, key=lambda r: r["t"])
+        best = min(same, key=lambda r: r["t"])
         ta, tb, ratio, pairs = interleaved(auto[0]["fn"], best["fn"])
-        verdict = "ok" if ratio <= 1.1 else "MISSED"
+        fixed = [r for r in ours if not r["method"].startswith(SAME_CONTRACT)]
+        fx = min(fixed, key=lambda r: r["t"]) if fixed else None
+        peers = [r for r in rows if r["method"].startswith(PEERS) and abs(r["err"]) <= level]
+        peer = min(peers, key=lambda r: r["t"]) if peers else None
         out.append(
             {
                 **key,
                 "level": f"{level:g}",
                 "auto ms": f"{ta * 1e3:.2f}",
-                "fastest certified": f"{best['method']} {tb * 1e3:.2f} ms",
-                "auto / fastest": f"{ratio:.2f} ({pairs} pairs) {verdict}",
+                "fastest same contract": f"{best['method']} {tb * 1e3:.2f} ms",
+                "auto / it": f"{ratio:.2f} ({pairs} pairs) {'ok' if ratio <= 1.1 else 'MISSED'}",
+                "fixed-T GI (precision uncertified)": f"{fx['method']} {fx['t'] * 1e3:.2f} ms" if fx else "-",
+                "auto / peer": f"{ta / peer['t']:.2f} {peer['method'].split()[0]}" if peer else "-",
             }
         )
     return out
@@ -296,8 +313,9 @@ def main():
     print_table(fmt(all_rows), ["c", "n", "method", "value", "err", "time ms", "ratio"])
     print("\n## Fastest certified stabkit bound vs fastest baseline at each precision")
     print_table(summary, ["c", "n", "level", "stabkit fastest", "baseline fastest", "ratio ours/base"])
-    print("\n## spectral_norm_bound(method='auto') against the fastest certified stabkit method (target ≤ 1.1)")
-    print_table(autos, ["c", "n", "device", "level", "auto ms", "fastest certified", "auto / fastest"])
+    print("\n## spectral_norm_bound(method='auto') against the fastest stabkit method certifying the same precision")
+    print("## (target ≤ 1.1), the fastest fixed-T Gram iteration that reached it, and the fastest peer (target ≥ 1)")
+    print_table(autos, ["c", "n", "device", "level", *AUTO_COLUMNS])
 
     dense_rows, dense_summary = [], []
     for m in (32,) if args.smoke else ((256, 1024, 2048) if args.full else (256, 1024)):
@@ -340,7 +358,7 @@ def main():
     dense_auto = []
     for m in sorted({r["m"] for r in dense_rows}):
         dense_auto += auto_summary([r for r in dense_rows if r["m"] == m], {"c": f"dense {m}", "n": "-"})
-    print_table(dense_auto, ["c", "n", "level", "auto ms", "fastest certified", "auto / fastest"])
+    print_table(dense_auto, ["c", "n", "level", *AUTO_COLUMNS])
 
     kernel_table(g, args, orthogonium)
     grid_table(g, args)

@@ -17,6 +17,7 @@ upper bound for a strided layer, since subsampling has norm ≤ 1.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -94,6 +95,7 @@ def _fold_kernel(kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return k.sum(dim=(2, 4))  # (c_out, c_in, h, w)
 
 
+@functools.lru_cache(maxsize=64)
 def _distinct_frequencies(h: int, w: int, device: torch.device) -> torch.Tensor:
     """Indices into the row-major (h, w//2 + 1) rfft2 grid of one frequency per conjugate pair {ω, −ω}.
 

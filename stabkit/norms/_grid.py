@@ -102,7 +102,9 @@ def _top_eigenvalues(gram: torch.Tensor) -> torch.Tensor:
     [shared CPU] in ``_dense.py``), and on a quiet machine the cores share the batch. The values are those of the
     one-call version (each matrix is solved alone either way).
     """
-    workers = min(torch.get_num_threads(), 8, gram.shape[0] // 16)
+    # split only batches worth a thread each (~1 ms of LAPACK: F·c³ ≥ 2·10⁶); a pool costs ~0.1 ms to start
+    big = gram.shape[0] * gram.shape[-1] ** 3 >= 2_000_000
+    workers = min(torch.get_num_threads(), 8, gram.shape[0] // 16) if big else 1
     if gram.device.type != "cpu" or workers < 2:
         with _batched_lapack(gram):  # Note [shared CPU] in _dense.py
             return torch.linalg.eigvalsh(gram)[:, -1]
