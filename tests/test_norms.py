@@ -211,6 +211,26 @@ def test_explicit_backward_complex_and_batched():
     assert torch.autograd.gradcheck(lambda w: gram_iteration(w, n_iter=3), (W,))
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("n_iter", [0, 1, 4])
+def test_conv_explicit_backward_equals_autograd_and_saves_one_block(n_iter, stride):
+    # the gradient of the max over DFT blocks is the arg-max block's: the explicit backward recomputes and saves
+    # only that block's iterates, and its gradient equals autograd's through the whole loop
+    K = torch.randn(3, 4, 3, 3, dtype=torch.float64, generator=gen(12 + n_iter), requires_grad=True)
+    f = lambda k, eb: conv_gram_iteration(k, 6, n_iter=n_iter, stride=stride, explicit_backward=eb)  # noqa: E731
+    g_auto = torch.autograd.grad(f(K, False), K)[0]
+    g_expl = torch.autograd.grad(f(K, True), K)[0]
+    torch.testing.assert_close(f(K, True), f(K, False), rtol=0, atol=0)
+    torch.testing.assert_close(g_expl, g_auto, rtol=1e-8, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda k: f(k, True), (K,))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        f(K, True)
+    block = 4 * 4 * stride**2  # one (c_in·s²)² iterate after the first step
+    per_block = [t for t in saved if t.dim() == 3 and t.shape[0] == 1]
+    assert len(per_block) >= n_iter + 1 and all(t.numel() <= 3 * 4 * stride**2 + block for t in per_block)
+
+
 def test_gradient_tends_to_top_singular_pair():
     W = torch.randn(12, 9, dtype=torch.float64, generator=gen(11), requires_grad=True)
     g = torch.autograd.grad(gram_iteration(W, n_iter=10), W)[0]

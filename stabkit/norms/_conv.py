@@ -33,7 +33,7 @@ from stabkit.norms._dense import (
     _fro,
     _gamma,
     _gram_upper64,
-    _GramIterationExplicit,
+    _GramIterationMaxExplicit,
     _round_up,
     _safe_fro64,
     _safe_sqrt,
@@ -222,8 +222,9 @@ def conv_gram_iteration(
         input_size: spatial size n or (h, w) of the input.
         n_iter: number of Gram iterations (4–7 is typical; ≥ 0).
         stride: stride of the convolution; must divide the input size (Note [strides] in this module).
-        explicit_backward: use the closed-form gradient of the Gram iteration on the blocks instead of autograd
-            through the loop (same values; saves the memory of the loop's graph).
+        explicit_backward: use the closed-form gradient of the Gram iteration instead of autograd through the
+            loop (same values): the gradient of the max over blocks is that of the arg-max block, whose iterates
+            alone are recomputed and saved, so the memory saved for backward is one block's, not the loop's graph.
 
     Returns:
         Upper bound on σ1, a 0-dim tensor; differentiable w.r.t. the kernel (gradient 0 at the zero kernel).
@@ -244,11 +245,11 @@ def conv_gram_iteration(
     s = torch.where(s > 0, s, torch.ones_like(s))
     blocks, err = _dft_blocks_certified(kernel / s, size, stride)
     blocks = _tall(blocks)
-    if explicit_backward:
-        up = _GramIterationExplicit.apply(blocks, n_iter, err, False)
+    if explicit_backward:  # the closed-form gradient of the arg-max block only (the gradient of the max)
+        up = _GramIterationMaxExplicit.apply(blocks, n_iter, err)
     else:
-        up = _gram_upper64(blocks, n_iter, err)
-    return _round_up(up.amax() * s.to(torch.float64), kernel.dtype)
+        up = _gram_upper64(blocks, n_iter, err).amax()
+    return _round_up(up * s.to(torch.float64), kernel.dtype)
 
 
 def conv_gram_iteration_bounds(

@@ -305,22 +305,59 @@ class _GramIterationExplicit(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         T = ctx.n_iter
         saved = ctx.saved_tensors
-        Gs, logcs = saved[: T + 1], saved[T + 1 :]
-        D = Gs[0]
-        log_d = torch.zeros_like(logcs[0])
-        for G in Gs[1:]:
-            D = D @ G  # (..., m, n)
-            d = _fro(D)
-            d = torch.where(d > 0, d, torch.ones_like(d))
-            D = D / d
-            log_d = log_d + torch.log(d.to(torch.float64))
-        log_num = log_d + sum(logcs)
-        fT = _fro(_f64(Gs[-1]))
-        nz = fT > 0
-        log_den = (2.0 - 0.5**T) * (logcs[-1] + torch.log(torch.where(nz, fT, torch.ones_like(fT))))
-        factor = torch.where(nz, torch.exp(log_num - log_den), torch.zeros_like(fT)).to(D.real.dtype)
-        grad = D * factor
-        return grad * grad_out[..., None, None].to(D.dtype), None, None, None
+        grad = _explicit_gradient(saved[: T + 1], saved[T + 1 :], T)
+        return grad * grad_out[..., None, None].to(grad.dtype), None, None, None
+
+
+def _explicit_gradient(Gs, logcs, T: int) -> torch.Tensor:
+    """``∂σ̂/∂W`` of the Gram-iteration bound from the saved rescaled iterates (see :class:`_GramIterationExplicit`)."""
+    D = Gs[0]
+    log_d = torch.zeros_like(logcs[0])
+    for G in Gs[1:]:
+        D = D @ G  # (..., m, n)
+        d = _fro(D)
+        d = torch.where(d > 0, d, torch.ones_like(d))
+        D = D / d
+        log_d = log_d + torch.log(d.to(torch.float64))
+    log_num = log_d + sum(logcs)
+    fT = _fro(_f64(Gs[-1]))
+    nz = fT > 0
+    log_den = (2.0 - 0.5**T) * (logcs[-1] + torch.log(torch.where(nz, fT, torch.ones_like(fT))))
+    factor = torch.where(nz, torch.exp(log_num - log_den), torch.zeros_like(fT)).to(D.real.dtype)
+    return D * factor
+
+
+class _GramIterationMaxExplicit(torch.autograd.Function):
+    """``max`` over a batch of the certified Gram-iteration bounds (float64, 0-dim), with the closed-form gradient
+    of the arg-max matrix only.
+
+    The gradient of a max is that of its arg-max (a subgradient at ties), so the forward runs the batch without
+    keeping any iterate, then recomputes the T + 1 iterates of the arg-max matrix alone for the backward: the
+    memory saved for backward is one matrix's iterates, not the batch's (for a convolution, one DFT block instead
+    of all of them), and the backward costs T products of one matrix. The value is the max of
+    :func:`_gram_upper64` over the batch.
+    """
+
+    @staticmethod
+    def forward(ctx, W0: torch.Tensor, n_iter: int, extra0: torch.Tensor | float = 0.0):
+        up = _gram_upper64(W0, n_iter, extra0)  # (B,)
+        i = int(up.argmax())
+        Gs, logcs = [], []
+        for _t, G, logc in _gram_steps(W0[i : i + 1], n_iter):
+            Gs.append(G)
+            logcs.append(logc)
+        ctx.n_iter, ctx.index, ctx.shape = n_iter, i, W0.shape
+        ctx.save_for_backward(*Gs, *logcs)
+        return up[i]
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        T = ctx.n_iter
+        saved = ctx.saved_tensors
+        block = _explicit_gradient(saved[: T + 1], saved[T + 1 :], T)[0]
+        grad = torch.zeros(ctx.shape, dtype=block.dtype, device=block.device)
+        grad[ctx.index] = block * grad_out.to(block.dtype)
+        return grad, None, None
 
 
 def gram_iteration(W: torch.Tensor, *, n_iter: int = 6, explicit_backward: bool = False) -> torch.Tensor:
