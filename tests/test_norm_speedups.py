@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stabkit.norms import conv_grid_bound, conv_matrix, kernel_gram_iteration
-from stabkit.norms._conv import _self_correlation
+from stabkit.norms._conv import _self_correlation, _self_correlation_pocketfft
 from stabkit.norms._grid import _grid_search
 
 
@@ -92,18 +92,23 @@ def test_grid_bound_rejects_bad_rtol():
         conv_grid_bound(torch.ones(1, 1, 3, 3), rtol=0.0)
 
 
-@pytest.mark.parametrize("grad", [False, True])  # without autograd: scipy's FFT; with: torch.fft
+@pytest.mark.parametrize("form", ["torch", "pocketfft"])  # torch.fft (small grids, autograd) or scipy's FFT
 @pytest.mark.parametrize("shape", [(3, 2, 5, 5), (4, 4, 9, 9), (2, 3, 17, 17), (5, 1, 9, 5)])
-def test_self_correlation_frequency_matches_spatial(shape, grad):
-    M = torch.randn(*shape, generator=gen(sum(shape)), dtype=torch.float64).requires_grad_(grad)
+def test_self_correlation_frequency_matches_spatial(shape, form):
+    M = torch.randn(*shape, generator=gen(sum(shape)), dtype=torch.float64)
     h, w = shape[-2:]
-    ref = F.conv2d(M, M, padding=(h - 1, w - 1)).detach()
-    G, N, how = _self_correlation(M)
-    assert G.shape == ref.shape and G.requires_grad == grad  # the torch paths keep the graph
-    G = G.detach()
+    ref = F.conv2d(M, M, padding=(h - 1, w - 1))
+    if form == "torch":
+        M.requires_grad_(True)
+        G, N, how = _self_correlation(M)
+        assert G.requires_grad  # autograd: the torch form, whose graph is kept
+        sums, _, _ = _self_correlation(M, row_sums=True)
+        G, sums = G.detach(), sums.detach()
+    else:
+        G, N, how = _self_correlation_pocketfft(M, row_sums=False)
+        sums, _, _ = _self_correlation_pocketfft(M, row_sums=True)
+    assert G.shape == ref.shape
     torch.testing.assert_close(G, ref, rtol=0, atol=1e-11 * ref.abs().max().item())
-    sums, _, _ = _self_correlation(M, row_sums=True)
-    sums = sums.detach()
     ref_sums = ref.abs().sum(dim=(1, 2, 3))
     # whole-grid sums: the zero region adds only rounding, never less than the exact lags' sums
     assert torch.all(sums >= ref_sums * (1 - 1e-12))
@@ -122,6 +127,16 @@ def test_kernel_gram_iteration_never_below_the_explicit_norm(shape, T, f32):
     bound = float(kernel_gram_iteration(k, n_iter=T))
     assert bound >= fine_sup(k) * (1 - 1e-12)
     assert bound >= svd_norm(conv_matrix(k.double(), 6, padding="zero")) * (1 - 1e-12)
+
+
+def test_kernel_gram_iteration_large_grid_forms_agree():
+    # from ~2e6 block entries on, a kernel without autograd is squared by scipy's FFT: the bound equals the torch
+    # form's (the kernel requiring grad) to rounding, and stays above the norm on a fine grid
+    k = torch.randn(32, 32, 3, 3, generator=gen(77), dtype=torch.float64)
+    fast = kernel_gram_iteration(k, n_iter=5)
+    slow = kernel_gram_iteration(k.clone().requires_grad_(True), n_iter=5).detach()
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=0)
+    assert float(fast) >= fine_sup(k, n=48) * (1 - 1e-12)
 
 
 def test_grid_bound_threads_give_the_same_value():
