@@ -592,7 +592,7 @@ def _self_correlation(M: torch.Tensor, *, row_sums: bool = False) -> tuple[torch
     if big and M.device.type == "cpu" and not (torch.is_grad_enabled() and M.requires_grad):
         return _self_correlation_pocketfft(M, row_sums=row_sums)
     Mf = torch.fft.rfft2(M, s=(nh, nw))  # (c, c', nh, nw//2+1), over the contiguous last dims
-    Mf = Mf.permute(2, 3, 0, 1).reshape(-1, c, cp)  # (F, c, c'): one copy, blocks contiguous for the GEMM
+    Mf = Mf.permute(2, 3, 0, 1).reshape(-1, c, cp)  # (F, c, c'): a strided view, the product gathers its blocks
     # the conjugate transpose materialised once, contiguous: the batched product of a lazily conjugated or
     # transposed operand copies every block first (Note [shared CPU] in _dense.py)
     Mh = Mf.mH.contiguous()  # (F, c', c)
