@@ -6,13 +6,14 @@ Prints one table per family (circular convolutions, dense matrices, kernel Gram 
 relative error to the float64 exact norm, median time, and the ratio of its time to the reference's; per precision
 level (1e-2, 1e-4, 1e-6 relative), stabkit's fastest certified upper bound against the fastest baseline reaching
 that precision, and ``spectral_norm_bound(method="auto")`` against the fastest stabkit method that certifies the
-same precision (the exact norm with its slack, or Gram iteration stopped on its certified interval; target ≤ 1.1×;
-a fixed-T Gram iteration certifies its upper end but not its precision, and is printed beside) and against the
-fastest peer (target: never slower), re-timed as interleaved pairs (median of per-pair ratios, robust to a
-shared CPU's drifting load; the header and the footer print the load average). Then CPL's eval-time bound on a 128-channel 5×5 kernel (target
-< 1 s), the circular Gram iteration's forward + backward (autograd vs explicit backward, with the bytes saved
-for backward) and a shared-CPU table (one busy process per core, one thread vs one thread per core). ``--full``
-runs c up to 512 and dense 2048 (long on a CPU); ``--smoke`` tiny sizes in seconds (``gpu_check.py --smoke``).
+same precision (the exact norm with its slack, or Gram iteration stopped on its certified interval; target ≤ 1.1×; a
+fixed-T Gram iteration certifies its upper end but not its precision, and is printed beside) and against the fastest
+peer (target: never slower), re-timed as interleaved pairs (median of per-pair ratios, robust to a shared CPU's
+drifting load; the header and the footer print the load average). Then CPL's eval-time bound on a 128-channel 5×5
+kernel (target < 1 s), the circular Gram iteration's forward + backward (autograd vs explicit backward, with the
+bytes saved for backward) and a shared-CPU table (one busy process per core, one thread vs one thread per core).
+``--full`` runs c up to 512 and dense 2048 (long on a CPU); ``--smoke`` tiny sizes in seconds (``gpu_check.py
+--smoke``).
 
 "certified" means never below the float64 exact norm (rounding included); ``stabkit exact (rfft2+eigvalsh)`` is
 exact up to rounding and is listed as not certified, ``stabkit exact certified`` is its float64 version with a
