@@ -100,8 +100,8 @@ def test_counts_follow_exact_probability():
     x = _points(3, 5, 3, scale=0.5)
     p_true = stats.norm.cdf((_distance(lin, x) / sigma).numpy())
     side = _side(lin, x).numpy()
-    for model in (lin, torch.nn.Sequential(lin)):
-        log = Smooth(model, 2, sigma).sample(x, n0=0, n=n, generator=torch.Generator().manual_seed(1))
+    for exact in (True, False):
+        log = Smooth(lin, 2, sigma, exact_linear=exact).sample(x, n0=0, n=n, generator=torch.Generator().manual_seed(1))
         k = log.counts_estimation[np.arange(len(x)), side]
         assert np.all(np.abs(k - n * p_true) < 5 * np.sqrt(n * p_true * (1 - p_true)) + 1)
         assert np.all(log.counts_estimation.sum(axis=1) == n)
@@ -164,7 +164,8 @@ def test_noise_is_batching_and_sharding_invariant(kind):
         x = torch.randn(7, 4, generator=g, dtype=torch.float64)
         n0, n = 10, 600
         kw = dict(temperatures=np.array([0.5, 2.0]))
-    smooth = Smooth(model, 3 if kind != "exact-linear" else 4, 0.5)
+    # the LVM kind keeps the generic (input-space) stream; "exact-linear" tests the logit-space one
+    smooth = Smooth(model, 3 if kind != "exact-linear" else 4, 0.5, exact_linear=kind == "exact-linear")
     one = smooth.sample(x, n0=n0, n=n, batch_size=1000, generator=torch.Generator().manual_seed(4), **kw)
     parts = [np.array([5, 0, 3]), np.array([6]), np.array([1, 2, 4])]
     merged = _shards_merged(smooth, x, parts, [7, 4096, 333], 4, n0=n0, n=n, **kw)
