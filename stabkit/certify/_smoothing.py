@@ -303,15 +303,14 @@ class Smooth:
             )
         return logits
 
-    def _linear_root(self, x: torch.Tensor):
+    def _linear_root(self, x: torch.Tensor, weight: torch.Tensor):
         """Clean logits and a root ``R`` (C×r) with ``R Rᵀ = P W Wᵀ P``, ``P`` the centring projection.
 
         ``argmax`` and the simplex maps are invariant to adding a constant to all logits, so only the centred
         logits matter: their covariance ``σ² P W Wᵀ P`` has rank at most ``C − 1``, and C − 1 normal draws per
         sample give exactly the distribution of the argmax (and of the maps) of ``W(x + δ) + b``.
         """
-        weight = self._affine()  # (C, d) float64, from the model's current parameters
-        c = weight.shape[0]
+        c = weight.shape[0]  # weight: (C, d) float64, the affine model's linear part
         # orthonormal basis Q (C×(C−1)) of the complement of the all-ones vector
         ones = torch.ones(c, 1, dtype=torch.float64, device=weight.device) / c**0.5
         q = torch.linalg.qr(torch.cat([ones, torch.eye(c, dtype=torch.float64, device=weight.device)], 1))[0]
@@ -326,8 +325,9 @@ class Smooth:
         """Feed ``n`` noisy samples of ``stage`` per point of ``x`` to ``accumulator`` (Note [noise stream])."""
         device, dtype = x.device, x.dtype
         gen = torch.Generator(device=device)
-        if self.exact_linear and self._affine().shape[1] == x[0].numel():
-            clean, scaled_root = self._linear_root(x)  # (B, C), (C−1, C)
+        weight = self._affine() if self.exact_linear else None  # from the model's current parameters
+        if weight is not None and weight.shape[1] == x[0].numel():
+            clean, scaled_root = self._linear_root(x, weight)  # (B, C), (C−1, C)
             rows = noise_block_rows(scaled_root.shape[0])
             for p, index in enumerate(indices.tolist()):
                 for j, start in enumerate(range(0, n, rows)):

@@ -7,17 +7,22 @@ from typing import Literal, NamedTuple
 import torch
 
 from stabkit._checks import check_positive_float, check_positive_int
-from stabkit.norms._conv import _check_kernel, _check_stride, _pair, conv_gram_iteration_bounds
+from stabkit.norms._conv import (
+    _check_kernel,
+    _check_stride,
+    _pair,
+    conv_gram_iteration_bounds,
+    conv_spectral_norm_exact,
+)
 from stabkit.norms._dense import (
     _batched_lapack,
     _f64,
     _max_abs_scale,
     _prepare,
     _round_up,
-    _tall,
     gram_iteration_bounds,
 )
-from stabkit.norms._grid import _SVD_SLACK, _top_eigenvalues
+from stabkit.norms._grid import _SVD_SLACK
 
 __all__ = ["NormBound", "spectral_norm_bound"]
 
@@ -57,13 +62,8 @@ def _exact_dense(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _exact_conv(kernel: torch.Tensor, size, stride) -> tuple[torch.Tensor, torch.Tensor]:
-    from stabkit.norms._conv import _dft_blocks
-
-    k = kernel.detach().to(torch.float64)
-    s = k.abs().amax()
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    B = _tall(_dft_blocks(k / s, size, stride)).contiguous()  # float64 FFT: rounding ≲ 1e−13, in the slack
-    sigma = _top_eigenvalues(B.mH @ B).amax().clamp_min(0).sqrt() * s  # Note [shared CPU] in _dense.py
+    # the exact norm in float64 (FFT rounding ≲ 1e−13, inside the slack)
+    sigma = conv_spectral_norm_exact(kernel.detach().to(torch.float64), size, stride=stride)
     return _round_up(sigma * _SVD_SLACK, kernel.dtype), _round_down(sigma / _SVD_SLACK, kernel.dtype)
 
 

@@ -567,6 +567,12 @@ def _use_spatial(M: torch.Tensor) -> bool:
     return spatial <= freq
 
 
+def _row_block(c: int, n_f: int, row_sums: bool) -> int:
+    """Rows of G per product in the frequency form: all of them, or, when only row sums are wanted, blocks that keep
+    the (F, r, c) product and its transform within 2^26 entries each (G is then never held whole)."""
+    return c if not row_sums else max(1, min(c, (2**26) // max(1, n_f * c)))
+
+
 def _self_correlation(M: torch.Tensor, *, row_sums: bool = False) -> tuple[torch.Tensor, int, str]:
     """``G[i, j, τ] = Σ_(l, x) M[i, l, x + τ] M[j, l, x]`` for all lags, by the cheaper formulation.
 
@@ -596,9 +602,7 @@ def _self_correlation(M: torch.Tensor, *, row_sums: bool = False) -> tuple[torch
     # the conjugate transpose materialised once, contiguous: the batched product of a lazily conjugated or
     # transposed operand copies every block first (Note [shared CPU] in _dense.py)
     Mh = Mf.mH.contiguous()  # (F, c', c)
-    n_f = Mf.shape[0]
-    # blocks of rows keep the (F, r, c) product and its (r, c, nh, nw) transform within 2^26 entries each
-    step = c if not row_sums else max(1, min(c, (2**26) // max(1, n_f * c)))
+    step = _row_block(c, Mf.shape[0], row_sums)
     out = []
     for i in range(0, c, step):
         rows = slice(i, min(c, i + step))
@@ -639,9 +643,7 @@ def _self_correlation_pocketfft(M: torch.Tensor, *, row_sums: bool) -> tuple[tor
     A = M.detach().permute(2, 3, 0, 1).contiguous().numpy()  # (h, w, c, c'): lags first
     Mf = torch.from_numpy(scipy.fft.rfft2(A, s=(nh, nw), axes=(0, 1), workers=workers)).reshape(-1, c, cp)
     Mh = Mf.mH.contiguous()  # (F, c', c), materialised once (a lazily conjugated operand is copied per product)
-    n_f = Mf.shape[0]
-    # blocks of rows keep the (F, r, c) product and its (nh, nw, r, c) transform within 2^26 entries each
-    step = c if not row_sums else max(1, min(c, (2**26) // max(1, n_f * c)))
+    step = _row_block(c, Mf.shape[0], row_sums)
     out = []
     for i in range(0, c, step):
         P = (Mf if step == c else Mf[:, i : i + step].contiguous()) @ Mh  # (F, r, c)
