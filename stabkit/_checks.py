@@ -117,6 +117,15 @@ def scalar_or_array(x: object) -> np.ndarray | float:
     return float(x) if x.ndim == 0 else x
 
 
+def is_transformed(t: torch.Tensor) -> bool:
+    """True if ``t`` is a torch.func wrapper or a torch.func transform is running (write no state, and reach no
+    numpy or scipy code: a wrapper has no storage)."""
+    return (
+        bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+        or torch._C._functorch.peek_interpreter_stack() is not None
+    )
+
+
 def resolve_generator(generator: torch.Generator | None, device: torch.device | str) -> torch.Generator:
     """Return the generator to draw from on ``device``.
 

@@ -87,6 +87,62 @@ def test_grid_bound_adversarial_peak_between_nodes():
         assert float(conv_grid_bound(k, rtol=rtol)) >= fine_sup(k, 512) * (1 - 1e-12)
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 5, 5), (6, 2, 3, 1), (2, 4, 1, 3), (4, 4, 3, 5)])
+def test_grid_bound_gram_matrices_from_the_self_correlation(shape):
+    """K̂ᴴK̂(ω) from the kernel's self-correlation equals the product of the DFT blocks (the smaller side)."""
+    from stabkit.norms._grid import _Symbol
+
+    g = gen(sum(shape))
+    k = torch.randn(*shape, generator=g, dtype=torch.float64)
+    omegas = (torch.rand(9, 2, generator=g, dtype=torch.float64) * 2 - 1) * 2 * math.pi
+    kh, kw = shape[-2:]
+    phase = omegas[:, 0, None, None] * torch.arange(kh)[:, None] + omegas[:, 1, None, None] * torch.arange(kw)
+    khat = torch.einsum("oiab,fab->foi", k.to(torch.complex128), torch.exp(-1j * phase))
+    # the smaller Gram: K̂ᴴK̂, or for c_out < c_in that of the channel-swapped kernel, conj(K̂K̂ᴴ) (same spectrum)
+    ref = khat.mH @ khat if shape[0] >= shape[1] else (khat @ khat.mH).conj()
+    torch.testing.assert_close(_Symbol(k).gram(omegas), ref, rtol=0, atol=1e-12 * float(k.square().sum()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.integers(1, 40), seed=st.integers(0, 10**6), gap=st.sampled_from([1e-6, 1e-3, 0.1]))
+def test_cholesky_certificate_is_sound_and_sharp(c, seed, gap):
+    """λ_max < μ certified by a Cholesky factorisation: never wrong, and it fails just below λ_max."""
+    from stabkit.norms._grid import _below
+
+    g = gen(seed)
+    A = torch.randn(3, c, c, generator=g, dtype=torch.complex128)
+    P = A.mH @ A  # rank-deficient when c is 1, Hermitian PSD
+    lam = torch.linalg.eigvalsh(P)[:, -1]
+    for i in range(3):
+        one = P[i : i + 1]
+        assert bool(_below(one.clone(), float(lam[i]) * (1 + gap))[0])
+        assert not bool(_below(one.clone(), float(lam[i]) * (1 - gap))[0])
+    assert not bool(_below(P[:1].clone(), 0.0)[0])
+
+
+def test_grid_lattice_covers_the_half_plane_and_children_cover_parents():
+    """Every frequency of the half plane lies in a cell (weighted ℓ1 distance ≤ ρ to a centre), and the 4 (or 2)
+    children of a cell cover it."""
+    from stabkit.norms._grid import _Lattice
+
+    g = gen(4)
+    for d in [(2.0, 2.0), (1.0, 2.0), (0.0, 1.5), (2.0, 0.0)]:
+        lat = _Lattice(d, torch.device("cpu"))
+        rho = 0.37
+        centres = lat.cover(rho)
+        pts = torch.rand(4000, 2, generator=g, dtype=torch.float64) * lat.hi  # (x, y) = (d_h ω1, d_w ω2)
+        assert float(torch.cdist(pts, centres, p=1).min(dim=1).values.max()) <= rho * (1 + 1e-12)
+        parent = centres[len(centres) // 2 : len(centres) // 2 + 1]
+        kids, _ = lat.split(parent, torch.zeros(1, 3), rho)
+        inside = parent + (torch.rand(2000, 2, generator=g, dtype=torch.float64) * 2 - 1) * rho
+        if len(lat.axes) == 1:  # a dropped axis stays at 0
+            inside[:, [a for a in (0, 1) if a not in lat.axes]] = 0.0
+        inside = inside[torch.cdist(inside, parent, p=1)[:, 0] <= rho]
+        inside = inside[lat._meets(inside, 0.0)]  # the children outside the half plane are dropped
+        assert len(inside) > 100
+        assert float(torch.cdist(inside, kids, p=1).min(dim=1).values.max()) <= rho / 2 * (1 + 1e-12)
+
+
 def test_grid_bound_rejects_bad_rtol():
     with pytest.raises(ValueError, match="rtol"):
         conv_grid_bound(torch.ones(1, 1, 3, 3), rtol=0.0)

@@ -38,19 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stabkit._checks import check_positive_float, check_positive_int, resolve_generator
+from stabkit._checks import check_positive_float, check_positive_int, is_transformed, resolve_generator
 from stabkit.norms import conv_grid_bound, spectral_norm_upper
 
 from ._common import fan_in_bound, normal_, pair_odd, uniform_
 from ._export import residual_conv, residual_linear
-
-
-def _is_wrapped(t: torch.Tensor) -> bool:
-    """True if ``t`` is a torch.func wrapper or a torch.func transform is running (write no state)."""
-    return (
-        bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
-        or torch._C._functorch.peek_interpreter_stack() is not None
-    )
 
 
 class _CPLBase(nn.Module):
@@ -69,7 +61,7 @@ class _CPLBase(nn.Module):
         cache = self.__dict__.get("_bound_cache")
         if (
             cache is not None
-            and not _is_wrapped(w)
+            and not is_transformed(w)
             and cache[0].dtype == w.dtype
             and cache[0].device == w.device
             and cache[0].shape == w.shape
@@ -80,7 +72,7 @@ class _CPLBase(nn.Module):
         with torch.inference_mode(False):
             bound = self._norm_bound(w)
             # store only for the module's own weight (not for weights passed by functional_call / transforms)
-            if isinstance(w, nn.Parameter) and not _is_wrapped(w):
+            if isinstance(w, nn.Parameter) and not is_transformed(w):
                 bound = bound.detach()
                 self.__dict__["_bound_cache"] = (w.detach().clone(), bound)
         return bound
@@ -110,7 +102,7 @@ class _CPLBase(nn.Module):
         w = self.weight
         with torch.no_grad():
             u = self._normalize(self._op_adjoint(self._op(self.u, w.detach()), w.detach()))
-            if not _is_wrapped(w) and not _is_wrapped(self.u):
+            if not is_transformed(w) and not is_transformed(self.u):
                 self.u.copy_(u)
         return torch.linalg.vector_norm(self._op(u, w))
 
