@@ -159,9 +159,11 @@ class _Symbol:
             .reshape(-1, 2)
             .to(device=kernel.device, dtype=torch.float64)
         )
-        # every entry of P is a sum of products of kernel entries; the rounding of G (FFT or direct) and of
-        # the sums is below 1e−12 of their total, which the certificates add to μ's margin
-        self.rounding = 1e-12 * (2 * kh - 1) * (2 * kw - 1) * float(kernel.square().sum())
+        # every entry of G_τ is a sum of products of kernel entries, at most ‖K‖²_F in absolute value
+        # (Cauchy–Schwarz); the rounding of G (FFT or direct) and of the GEMM over the lags leaves each entry of P
+        # within 1e−12·lags·‖K‖²_F, so P's spectral error is at most c times that: the certificates subtract it
+        # from μ
+        self.rounding = 1e-12 * c * (2 * kh - 1) * (2 * kw - 1) * float(kernel.square().sum())
 
     def gram(self, omegas: torch.Tensor) -> torch.Tensor:
         """P(ω) for omegas (F, 2) → (F, c, c) complex128 (Hermitian up to rounding)."""
@@ -327,13 +329,12 @@ def _certify(symbol, lattice, *, rho0: float, refine: int, rtol: float, scale: t
     #    the nearest pilot node
     ratio = est.clamp_min(0).sqrt() / (low * (1 + rtol))
 
-    def work(r: float) -> float:
+    def expected_work(r: float) -> float:
         q = [float((ratio > 1 - (r / 2**j) ** 2 / 2).double().mean()) for j in range(3)]
         return lattice.count(r) * (1 + 4 * q[0] + 16 * q[1] + 64 * q[2])
 
     radii = [rho0 * f for f in (1.5, 1.25, 1.0, 0.85, 0.7, 0.6, 0.5) if (rho0 * f) ** 2 < 1.0]
-    work = [work(r) for r in radii]
-    rho = radii[min(range(len(radii)), key=work.__getitem__)]
+    rho = min(radii, key=expected_work)
     cells = lattice.cover(rho)
     cell_vecs = vecs[torch.cdist(cells, pilot, p=1).argmin(dim=1)]
     level, worst = 0, []
