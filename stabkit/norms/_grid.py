@@ -294,10 +294,13 @@ def _certify(symbol, lattice, *, rho0: float, refine: int, rtol: float, scale: t
         lam = [_top_eigenvalues(symbol.gram(lattice.omegas(part))) for part in x.split(chunk)]
         return torch.cat(lam).clamp_min(0).sqrt()
 
+    def threshold(rho: float, low: torch.Tensor) -> float:  # μ: σ1(node)² < μ proves the cell ≤ B = low (1 + rtol)
+        return float((low * (1.0 + rtol) * (1.0 - rho * rho / 2.0)) ** 2) * margin - symbol.rounding
+
     def test(x: torch.Tensor, vecs: torch.Tensor, rho: float, low: torch.Tensor):
         """Cells x (radius ρ) whose node σ1 is not certified ≤ B (1 − ρ²/2), B = low (1 + rtol): their centres,
         Lanczos values and vectors (estimates, warm-started from vecs, on the same Gram matrices)."""
-        mu = float((low * (1.0 + rtol) * (1.0 - rho * rho / 2.0)) ** 2) * margin - symbol.rounding
+        mu = threshold(rho, low)
         out = [], [], []
         for part, v in zip(x.split(chunk), vecs.split(chunk), strict=True):
             A = symbol.gram(lattice.omegas(part))
@@ -349,8 +352,14 @@ def _certify(symbol, lattice, *, rho0: float, refine: int, rtol: float, scale: t
             best = exact(x[est.topk(min(4, est.shape[0])).indices]).max()
             if best > low:
                 low = best
-                n_eval += x.shape[0]
-                failed = test(x, v, rho, low)
+                # a node whose estimate (≤ σ1² up to rounding) already reaches the new μ fails again: not retested
+                again = est < threshold(rho, low)
+                n_eval += int(again.sum())
+                retest = test(x[again], v[again], rho, low) if bool(again.any()) else None
+                kept = [t[~again] for t in (x, est, v)]
+                if retest is not None:
+                    kept = [torch.cat([k, r]) for k, r in zip(kept, retest, strict=True)]
+                failed = tuple(kept) if kept[0].shape[0] else None
         if failed is None:
             break
         x, est, v = failed
