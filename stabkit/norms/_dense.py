@@ -108,6 +108,13 @@ def _batched_lapack(x: torch.Tensor):
     if x.device.type != "cpu" or x.ndim < 3 or x.shape[-1] > 512 or torch.get_num_threads() == 1:
         yield
         return
+    with _one_torch_thread():
+        yield
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """torch's intra-op work on one thread inside the block, the setting restored afterwards (process-wide)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

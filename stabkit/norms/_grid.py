@@ -36,14 +36,13 @@ the cost of an eigen-decomposition per frequency.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from stabkit._checks import check_positive_float, check_positive_int, is_transformed
-from stabkit.norms._dense import _batched_lapack, _check_kernel, _f64, _max_abs_scale, _prepare
+from stabkit.norms._dense import _batched_lapack, _check_kernel, _f64, _max_abs_scale, _one_torch_thread, _prepare
 from stabkit.norms._dense import _round_up as _dense_round_up
 
 _SVD_SLACK = 1.0 + 1e-9  # covers float64 SVD / eigvalsh rounding (error ≤ n·u·σ1 ≈ 1e−13 σ1)
@@ -267,21 +266,10 @@ def _grid_search(kernel: torch.Tensor, *, n_samples: int, refine: int, rtol: flo
     if kh == kw == 1:  # a constant symbol: one exact eigenproblem
         lam = _top_eigenvalues(symbol.gram(torch.zeros(1, 2, dtype=torch.float64, device=dev)))
         return _round_up(lam.clamp_min(0).sqrt()[0] * _SVD_SLACK * scale, kernel.dtype), 1, 0
+    # torch on one thread while scipy's BLAS and LAPACK do the heavy work: torch's intra-op threads spin-waiting
+    # beside scipy's made both 1.5–2× slower on this 2-core machine (Note [shared CPU] in _dense.py)
     with _one_torch_thread():
         return _certify(symbol, _Lattice(d, dev), rho0=rho0, refine=refine, rtol=rtol, scale=scale, dtype=kernel.dtype)
-
-
-@contextlib.contextmanager
-def _one_torch_thread():
-    """torch on one thread while scipy's BLAS and LAPACK do the heavy work of :func:`conv_grid_bound`: torch's
-    intra-op threads spin-waiting beside scipy's made both 1.5–2× slower on this 2-core machine (Note [shared CPU]
-    in ``_dense.py``); ``torch.set_num_threads`` is process-wide and restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _certify(symbol, lattice, *, rho0: float, refine: int, rtol: float, scale: torch.Tensor, dtype: torch.dtype):
