@@ -136,7 +136,7 @@ class _Symbol:
     count, lags τ ∈ [1 − kh, kh − 1] × [1 − kw, kw − 1]): the self-correlation is computed once
     (:func:`stabkit.norms._conv._self_correlation`, float64), then a batch of Gram matrices is one complex GEMM
     (F, lags) @ (lags, c²) — (2kh − 1)(2kw − 1)·c² multiply-adds per frequency instead of the c²·c' of
-    ``K̂ᴴK̂`` and the kh·kw·c·c' of K̂ (a 128-channel 5×5 kernel: 0.33 ms instead of 1.0 ms per frequency here).
+    ``K̂ᴴK̂`` and the kh·kw·c·c' of K̂ (a 128-channel 5×5 kernel: 0.43 ms instead of ~1 ms per frequency on one core).
     """
 
     def __init__(self, kernel: torch.Tensor) -> None:
@@ -246,7 +246,7 @@ def conv_grid_bound(kernel: torch.Tensor, *, n_samples: int = 32, refine: int = 
 
 
 def _grid_search(kernel: torch.Tensor, *, n_samples: int, refine: int, rtol: float) -> tuple[torch.Tensor, int, int]:
-    """:func:`conv_grid_bound` and its work: ``(bound, frequencies evaluated, refinements run)``."""
+    """:func:`conv_grid_bound` and its work: ``(bound, Gram matrices formed, halvings run)``."""
     kernel = _check_kernel(kernel)
     check_positive_int("n_samples", n_samples)
     check_positive_int("refine", refine, minimum=0)
