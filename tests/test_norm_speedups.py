@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stabkit.norms import conv_grid_bound, conv_matrix, kernel_gram_iteration
-from stabkit.norms._conv import _self_correlation, _self_correlation_pocketfft
 from stabkit.norms._grid import _grid_search
+from stabkit.norms._selfcorr import _self_correlation, _self_correlation_pocketfft
 
 
 def gen(seed=0):

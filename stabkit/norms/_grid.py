@@ -44,6 +44,7 @@ import torch
 from stabkit._checks import check_positive_float, check_positive_int, is_transformed
 from stabkit.norms._dense import _batched_lapack, _check_kernel, _f64, _max_abs_scale, _one_torch_thread, _prepare
 from stabkit.norms._dense import _round_up as _dense_round_up
+from stabkit.norms._selfcorr import _self_correlation
 
 _SVD_SLACK = 1.0 + 1e-9  # covers float64 SVD / eigvalsh rounding (error ≤ n·u·σ1 ≈ 1e−13 σ1)
 
@@ -134,14 +135,12 @@ class _Symbol:
 
     ``P(ω) = Σ_τ G_τ e^{i⟨τ, ω⟩}`` with ``G_τ = Σ_(o, x) K[o, :, x + τ]ᵀ K[o, :, x]`` (c×c, c = the smaller channel
     count, lags τ ∈ [1 − kh, kh − 1] × [1 − kw, kw − 1]): the self-correlation is computed once
-    (:func:`stabkit.norms._conv._self_correlation`, float64), then a batch of Gram matrices is one complex GEMM
+    (:func:`stabkit.norms._selfcorr._self_correlation`, float64), then a batch of Gram matrices is one complex GEMM
     (F, lags) @ (lags, c²) — (2kh − 1)(2kw − 1)·c² multiply-adds per frequency instead of the c²·c' of
     ``K̂ᴴK̂`` and the kh·kw·c·c' of K̂ (a 128-channel 5×5 kernel: 0.43 ms instead of ~1 ms per frequency on one core).
     """
 
     def __init__(self, kernel: torch.Tensor) -> None:
-        from stabkit.norms._conv import _self_correlation  # _conv imports this module
-
         if kernel.shape[0] < kernel.shape[1]:
             kernel = kernel.transpose(0, 1)  # K̂ᵀ is the symbol of the channel-swapped kernel: same σ1
         M = kernel.transpose(0, 1).contiguous()  # (c, c', kh, kw): contract over the larger channel count
