@@ -40,6 +40,7 @@ from torch import nn
 
 from stabkit._checks import check_positive_float, check_positive_int, is_transformed, resolve_generator
 from stabkit.norms import conv_grid_bound, spectral_norm_upper
+from stabkit.norms._grid import _pilot_radius
 
 from ._common import fan_in_bound, normal_, pair_odd, uniform_
 from ._export import residual_conv, residual_linear
@@ -238,8 +239,8 @@ class CPLConv2d(_CPLBase):
         self.eps = check_positive_float("eps", eps, allow_zero=True)
         self.n_grid = check_positive_int("n_grid", n_grid, minimum=max(self.kernel_size))
         self.n_eval = check_positive_int("n_eval", n_eval, minimum=2 * max(self.kernel_size))
-        try:  # reject now what the eval bound would reject at certification time (its own check, on a tiny kernel)
-            conv_grid_bound(torch.ones(1, 1, *self.kernel_size), n_samples=self.n_eval)
+        try:  # reject now what the eval bound would reject at certification time (its own check)
+            _pilot_radius(self.n_eval, *self.kernel_size)
         except ValueError as err:
             raise ValueError(f"n_eval={n_eval} cannot be used by the certified eval bound: {err}") from None
         kw = {"device": device, "dtype": dtype}

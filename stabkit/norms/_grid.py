@@ -244,17 +244,23 @@ def conv_grid_bound(kernel: torch.Tensor, *, n_samples: int = 32, refine: int = 
     return _grid_search(kernel, n_samples=n_samples, refine=refine, rtol=rtol)[0]
 
 
+def _pilot_radius(n_samples: int, kh: int, kw: int) -> float:
+    """The cell radius ρ0 of the pilot lattice for a kh×kw kernel, after checking ``n_samples`` (ValueError)."""
+    check_positive_int("n_samples", n_samples)
+    rho0 = math.pi * ((kh - 1) / 2 + (kw - 1) / 2) / n_samples
+    if rho0 * rho0 >= 1.0 or n_samples < max(kh, kw):
+        raise ValueError(f"n_samples={n_samples} is too small for a {kh}×{kw} kernel; use at least {4 * max(kh, kw)}")
+    return rho0
+
+
 def _grid_search(kernel: torch.Tensor, *, n_samples: int, refine: int, rtol: float) -> tuple[torch.Tensor, int, int]:
     """:func:`conv_grid_bound` and its work: ``(bound, Gram matrices formed, halvings run)``."""
     kernel = _check_kernel(kernel)
-    check_positive_int("n_samples", n_samples)
+    kh, kw = kernel.shape[-2:]
+    rho0 = _pilot_radius(n_samples, kh, kw)
     check_positive_int("refine", refine, minimum=0)
     rtol = check_positive_float("rtol", rtol)
-    kh, kw = kernel.shape[-2:]
     d = ((kh - 1) / 2, (kw - 1) / 2)
-    rho0 = math.pi * (d[0] + d[1]) / n_samples  # the cell radius τ of the first lattice
-    if rho0 * rho0 >= 1.0 or n_samples < max(kh, kw):
-        raise ValueError(f"n_samples={n_samples} is too small for a {kh}×{kw} kernel; use at least {4 * max(kh, kw)}")
     dev = kernel.device
     k = kernel.detach().to(torch.float64)
     scale = k.abs().amax()
